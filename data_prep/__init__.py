@@ -1,0 +1,1 @@
+"""Tools that build datasets (real episodes, embedded synthetic sets, token sets)."""
