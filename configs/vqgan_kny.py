@@ -1,0 +1,110 @@
+"""Stage 1 (VQ-GAN frame tokenizer), reference architecture at 64x128 on anime episodes.
+
+Sizes follow GANime (taming-transformers VQModel): base channels 32 with multipliers
+(2, 4, 8, 8), one res block per level, attention at resolution 16, so a 64x128 frame becomes an
+8x16 = 128-token grid. The PyTorch port used 1024 codes; the original TensorFlow version used
+50257 codes (GPT-2's vocabulary, so a pretrained GPT-2 embedding table could be reused): run it
+with `--config.model.num_embeddings=50257`.
+
+The dataset `kny` is built from episode files with
+`python -m data_prep.episodes --input=EPISODES_DIR --name=kny`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "vqgan"
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.data_root = "datasets"
+    config.data.dataset = "kny"
+    # An embedded dataset (`synthetic_anime` or `moving_mnist`) is built into `data_root` on
+    # first use when `embedded.kind` names it; "" means the dataset must already exist.
+    config.data.embedded = ml_collections.ConfigDict()
+    config.data.embedded.kind = ""
+    config.data.height = 64
+    config.data.width = 128
+    config.data.train_split = "train"
+    config.data.eval_split = "test"
+    config.data.worker_count = 0
+    config.data.worker_buffer_size = 2
+    config.data.read_threads = 4
+    config.data.read_buffer = 64
+    config.data.prefetch = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.in_channels = 3
+    config.model.out_channels = 3
+    config.model.channels = 32
+    config.model.channel_multipliers = (2, 4, 8, 8)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = (16,)
+    config.model.resolution = config.data.get_ref("height")
+    config.model.z_channels = 512
+    config.model.dropout = 0.0
+    config.model.num_embeddings = 1024
+    config.model.embedding_dim = 128
+    config.model.beta = 0.25
+    config.model.legacy_loss = False
+    config.model.l2_normalize_codes = False
+    config.model.lookup_dim = 0
+    config.model.norm_groups = 32
+    config.model.output_tanh = True
+    config.model.dtype = "float32"
+    config.model.param_dtype = "float32"
+
+    config.discriminator = ml_collections.ConfigDict()
+    config.discriminator.num_layers = 3
+    config.discriminator.filters = 64
+    # taming uses BatchNorm; GroupNorm keeps the step pure (no batch statistics to carry).
+    config.discriminator.norm = "group"
+    config.discriminator.norm_groups = 32
+    config.discriminator.dtype = config.model.get_ref("dtype")
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.l1_weight = 1.0
+    config.loss.perceptual_weight = 1.0
+    config.loss.perceptual_dtype = "float32"  # compute dtype of LPIPS's VGG16 convolutions
+    config.loss.codebook_weight = 1.0
+    config.loss.disc_weight = 0.8
+    config.loss.disc_factor = 1.0
+    config.loss.disc_start = 10000
+    config.loss.adaptive_weight_max = 1e4
+
+    # Dead-code restart: codes whose usage EMA falls below `min_usage` are re-initialised
+    # from random encoder outputs every `every` steps (0 disables it).
+    config.codebook = ml_collections.ConfigDict()
+    config.codebook.restart_every = 0
+    config.codebook.usage_decay = 0.99
+    config.codebook.min_usage = 1e-3
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.gen_lr = 3e-5
+    config.optimizer.disc_lr = 5e-5
+    config.optimizer.b1 = 0.5
+    config.optimizer.b2 = 0.9
+    config.optimizer.grad_clip = 1.0
+    config.optimizer.warmup_steps = 0
+    config.optimizer.schedule = "constant"  # or "cosine" (decays to 0 at train.num_steps)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 64
+    config.train.num_steps = 200_000
+    config.train.log_every = 100
+    config.train.checkpoint_every = 2_000
+    config.train.keep_checkpoints = 3
+    config.train.image_every = 2_000
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every = 5_000
+    config.eval.num_batches = 8
+    config.eval.batch_size = 16
+
+    # Mesh axes: `data` shards the batch; `fsdp` shards parameters (1: replicated params).
+    # -1 takes all remaining devices.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    return config

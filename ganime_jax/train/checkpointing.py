@@ -1,0 +1,103 @@
+"""Orbax checkpoints of the train state, the data iterator state and the config.
+
+Every checkpoint step holds three items: `state` (the whole train state, restored straight
+into its shardings), `data` (the Grain iterator state of the last batch the step consumed, so
+a resumed run sees exactly the batches an uninterrupted run would have seen) and `config`.
+Orbax writes each step under a temporary name and renames it when complete, so a run killed at
+any moment leaves only whole checkpoints behind.
+"""
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from ganime_jax.errors import UserError
+
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+CONFIG_ITEM = "config"
+CONFIG_FILENAME = "config.json"
+
+# Config sections that fix the shape of the saved state: resuming with others is an error.
+ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
+
+
+def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(workdir).absolute() / "checkpoints"
+
+
+def make_manager(workdir: str | pathlib.Path, *, every: int, keep: int,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every, max_to_keep=keep, create=True,
+        cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options,
+        item_names=(STATE_ITEM, DATA_ITEM, CONFIG_ITEM))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: bytes | None,
+         config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+    """Saves one step (asynchronously when the manager allows); returns whether it saved."""
+    data = {"iterator": data_state.decode() if data_state is not None else None}
+    return manager.save(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state),
+        DATA_ITEM: ocp.args.JsonSave(data),
+        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
+    }), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   config: ml_collections.ConfigDict) -> tuple[Any, bytes | None, int] | None:
+    """Restores the newest checkpoint into `abstract_state`'s shapes and shardings.
+
+    Returns (state, data iterator state, step), or None when the workdir has no checkpoint.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None
+    saved_config = manager.restore(step, args=ocp.args.Composite(
+        **{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+    check_same_architecture(saved_config, config.to_dict(), manager.directory)
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+        DATA_ITEM: ocp.args.JsonRestore(),
+    }))
+    iterator = restored[DATA_ITEM]["iterator"]
+    return restored[STATE_ITEM], (iterator.encode() if iterator is not None else None), step
+
+
+def check_same_architecture(saved: dict, current: dict, where: Any) -> None:
+    """Raises a one-line error naming the first architecture field that differs."""
+    for section in ARCHITECTURE_SECTIONS:
+        old, new = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if _normalise(old.get(key)) != _normalise(new.get(key)):
+                raise UserError(
+                    f"the checkpoint in {where} was trained with {section}.{key}="
+                    f"{old.get(key)!r} but the config says {new.get(key)!r}; use another "
+                    "--workdir or the config the checkpoint was trained with.")
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying shardings: the restore target for `StandardRestore`."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the run's config beside its checkpoints (atomically, process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    path = pathlib.Path(workdir) / CONFIG_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json(indent=2))
+    tmp.replace(path)

@@ -1,0 +1,101 @@
+"""The training loop both stages share: init or resume, step, log, evaluate, checkpoint.
+
+A stage plugs in through a `Task`; the loop owns everything else, so checkpointing, resume,
+progress and logging behave the same for the VQ-GAN and the GPT trainer.
+"""
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from ganime_jax.train import checkpointing
+from ganime_jax.train.summary import MetricWriter
+
+
+class Task(Protocol):
+    """What a training stage provides to `run`."""
+
+    def abstract_state(self) -> Any:
+        """The train state as ShapeDtypeStructs carrying their shardings."""
+
+    def init_state(self, rng: jax.Array) -> Any:
+        """A fresh train state, born with its shardings."""
+
+    def train_batches(self, data_state: bytes | None) -> Iterator[tuple[dict, bytes]]:
+        """Global batches on the mesh, each with the iterator state after it was taken."""
+
+    def train_step(self, state: Any, batch: dict, rng: jax.Array, step: int) -> tuple[Any, dict]:
+        """One optimisation step (jit-compiled inside); `step` is the host-side step count."""
+
+    def periodic(self, state: Any, step: int, writer: MetricWriter, last_batch: dict) -> None:
+        """Evaluation and image summaries; called after every step, decides itself when to act."""
+
+    def evaluate(self, state: Any) -> dict[str, float]:
+        """Held-out figures of the current state."""
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: Any
+    step: int
+    resumed_from: int | None
+    last_metrics: dict
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+        task: Task, *, on_step: Callable[[int, dict], None] | None = None) -> LoopResult:
+    """Trains until `config.train.num_steps`, resuming from the newest checkpoint in workdir."""
+    workdir = pathlib.Path(workdir)
+    checkpointing.write_config(workdir, config)
+    manager = checkpointing.make_manager(
+        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
+    restored = checkpointing.restore_latest(manager, task.abstract_state(), config)
+    if restored is None:
+        state, data_state, step = task.init_state(jax.random.key(config.seed)), None, 0
+    else:
+        state, data_state, step = restored
+    resumed_from = None if restored is None else step
+    base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    writer = MetricWriter(workdir)
+    batches = task.train_batches(data_state)
+    last_metrics: dict = {}
+    progress = tqdm(total=config.train.num_steps, initial=step, unit="step",
+                    desc=f"train {config.stage}", disable=jax.process_index() != 0,
+                    dynamic_ncols=True)
+    tick, tick_step = time.perf_counter(), step
+    try:
+        while step < config.train.num_steps:
+            batch, data_state = next(batches)
+            state, metrics = task.train_step(state, batch, jax.random.fold_in(base_rng, step), step)
+            step += 1
+            progress.update(1)
+            if step % config.train.log_every == 0 or step == config.train.num_steps:
+                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                last_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                writer.scalars(step, last_metrics)
+                progress.set_postfix(_short(last_metrics), refresh=False)
+                if on_step is not None:
+                    on_step(step, last_metrics)
+            task.periodic(state, step, writer, batch)
+            checkpointing.save(manager, step, state, data_state, config)
+        if manager.latest_step() != step:
+            checkpointing.save(manager, step, state, data_state, config, force=True)
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    return LoopResult(state=state, step=step, resumed_from=resumed_from, last_metrics=last_metrics)
+
+
+def _short(metrics: dict) -> dict:
+    """The few numbers worth a place in the progress bar."""
+    keep = ("loss", "rec_loss", "l1", "lpips", "d_loss", "accuracy", "steps_per_sec")
+    return {k: f"{metrics[k]:.4g}" for k in keep if k in metrics and np.isfinite(metrics[k])}

@@ -1,0 +1,52 @@
+"""Device mesh and shardings. Two axes: `data` (batch) and `fsdp` (parameters)."""
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ganime_jax.errors import UserError
+
+DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+    """Builds a (data, fsdp) mesh; an axis size of -1 takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {DATA_AXIS: mesh_config.data, FSDP_AXIS: mesh_config.fsdp}
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if list(sizes.values()).count(-1) > 1:
+        raise UserError("config.mesh: at most one axis may be -1; set the others explicitly.")
+    if len(devices) % fixed:
+        raise UserError(
+            f"config.mesh {sizes} does not divide the {len(devices)} available devices; "
+            "choose axis sizes whose product divides the device count.")
+    sizes = {k: (len(devices) // fixed if v == -1 else v) for k, v in sizes.items()}
+    count = int(np.prod(list(sizes.values())))
+    if count != len(devices):
+        raise UserError(
+            f"config.mesh {sizes} uses {count} devices but {len(devices)} are available; "
+            "set one axis to -1 to use them all.")
+    grid = np.asarray(devices).reshape(sizes[DATA_AXIS], sizes[FSDP_AXIS])
+    return Mesh(grid, (DATA_AXIS, FSDP_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+# The batch is split over both axes: devices that share parameters (fsdp) still take their own
+# slice of the data.
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every mesh axis."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+    if global_batch_size % mesh.size:
+        raise UserError(
+            f"batch size {global_batch_size} is not divisible by the {mesh.size} devices of the "
+            "mesh; pick a multiple of the device count.")

@@ -1,0 +1,172 @@
+"""The VQ-GAN train state and its pure, jit-compiled step (generator + discriminator).
+
+Losses follow taming-transformers: L1 + LPIPS reconstruction, codebook/commitment loss, and
+after `disc_start` a hinge-loss PatchGAN whose generator term is scaled by the adaptive weight
+||grad nll|| / ||grad g|| taken at the decoder's last layer.
+"""
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ganime_jax.losses import gan
+from ganime_jax.losses.perceptual import lpips_distance
+from ganime_jax.models import quantizer, vqgan
+
+
+@flax.struct.dataclass
+class VQGANState:
+    step: jax.Array
+    gen_params: Any
+    disc_params: Any
+    gen_opt_state: Any
+    disc_opt_state: Any
+    code_usage: jax.Array  # EMA of the fraction of tokens assigned to each code
+
+
+@flax.struct.dataclass
+class StepFns:
+    model: nn.Module = flax.struct.field(pytree_node=False)
+    disc: nn.Module = flax.struct.field(pytree_node=False)
+    gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def frames_to_float(frames: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int],
+               num_embeddings: int) -> VQGANState:
+    gen_rng, disc_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, *frame_shape), jnp.float32)
+    gen_params = fns.model.init({"params": gen_rng}, dummy)["params"]
+    disc_params = fns.disc.init({"params": disc_rng}, dummy)["params"]
+    return VQGANState(
+        step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
+        gen_opt_state=fns.gen_tx.init(gen_params), disc_opt_state=fns.disc_tx.init(disc_params),
+        code_usage=jnp.full((num_embeddings,), 1.0 / num_embeddings, jnp.float32))
+
+
+def reconstruction_losses(x: jax.Array, recon: jax.Array, lpips_params: Any,
+                          loss_cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    l1 = jnp.mean(jnp.abs(x - recon))
+    perceptual = jnp.mean(lpips_distance(lpips_params, x, recon,
+                                         dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
+    nll = loss_cfg.l1_weight * l1 + loss_cfg.perceptual_weight * perceptual
+    return {"l1": l1, "lpips": perceptual, "rec_loss": nll}
+
+
+def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any, *,
+               fns: StepFns, config: ml_collections.ConfigDict,
+               use_disc: bool) -> tuple[VQGANState, dict]:
+    """One generator update and, once the discriminator is on, one discriminator update."""
+    loss_cfg, codebook_cfg = config.loss, config.codebook
+    x = frames_to_float(batch["frames"])
+    dropout_rng, restart_rng = jax.random.split(rng)
+
+    def gen_loss_fn(gen_params):
+        recon, aux = fns.model.apply({"params": gen_params}, x, train=True,
+                                     rngs={"dropout": dropout_rng})
+        losses = reconstruction_losses(x, recon, lpips_params, loss_cfg)
+        loss = losses["rec_loss"] + loss_cfg.codebook_weight * aux["quantizer_loss"]
+        losses["quantizer_loss"] = aux["quantizer_loss"]
+        if use_disc:
+            g_loss = gan.generator_adv_loss(
+                fns.disc.apply({"params": state.disc_params}, recon))
+            d_weight = loss_cfg.disc_weight * _adaptive_weight(
+                gen_params, aux["pre_output_features"], x, lpips_params, state.disc_params,
+                fns, loss_cfg)
+            loss = loss + d_weight * loss_cfg.disc_factor * g_loss
+            losses.update(g_loss=g_loss, d_weight=d_weight)
+        losses["loss"] = loss
+        return loss, (recon, aux, losses)
+
+    grads, (recon, aux, metrics) = jax.grad(gen_loss_fn, has_aux=True)(state.gen_params)
+    updates, gen_opt_state = fns.gen_tx.update(grads, state.gen_opt_state, state.gen_params)
+    gen_params = optax.apply_updates(state.gen_params, updates)
+    metrics["gen_grad_norm"] = optax.global_norm(grads)
+
+    disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+    if use_disc:
+        fake = jax.lax.stop_gradient(recon)
+
+        def disc_loss_fn(params):
+            logits_real = fns.disc.apply({"params": params}, x)
+            logits_fake = fns.disc.apply({"params": params}, fake)
+            d_loss = loss_cfg.disc_factor * gan.hinge_d_loss(logits_real, logits_fake)
+            return d_loss, (jnp.mean(logits_real), jnp.mean(logits_fake))
+
+        (d_loss, (real_mean, fake_mean)), d_grads = jax.value_and_grad(
+            disc_loss_fn, has_aux=True)(disc_params)
+        d_updates, disc_opt_state = fns.disc_tx.update(d_grads, disc_opt_state, disc_params)
+        disc_params = optax.apply_updates(disc_params, d_updates)
+        metrics.update(d_loss=d_loss, logits_real=real_mean, logits_fake=fake_mean)
+
+    num_codes = state.code_usage.shape[0]
+    batch_usage = quantizer.code_histogram(aux["indices"], num_codes) / aux["indices"].size
+    code_usage = (codebook_cfg.usage_decay * state.code_usage
+                  + (1.0 - codebook_cfg.usage_decay) * batch_usage)
+    gen_params, code_usage, restarted = _maybe_restart_codes(
+        gen_params, code_usage, aux, restart_rng, state.step + 1, codebook_cfg)
+    metrics.update(usage_fraction=aux["usage_fraction"], perplexity=aux["perplexity"])
+    metrics["codes_alive"] = jnp.mean(code_usage >= codebook_cfg.min_usage / num_codes)
+    metrics["codes_restarted"] = restarted
+    new_state = state.replace(step=state.step + 1, gen_params=gen_params, disc_params=disc_params,
+                              gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state,
+                              code_usage=code_usage)
+    return new_state, metrics
+
+
+def _adaptive_weight(gen_params, features, x, lpips_params, disc_params, fns: StepFns,
+                     loss_cfg) -> jax.Array:
+    """taming's adaptive weight, from gradients w.r.t. the decoder's output-layer kernel only.
+
+    The features feeding that layer are held fixed, so each gradient costs one pass through
+    the output layer, the loss and its backward, not through the whole generator.
+    """
+    features = jax.lax.stop_gradient(features)
+    out_params = vqgan.output_layer_params(gen_params)
+
+    def output(layer_params):
+        params = vqgan.with_output_layer_params(gen_params, layer_params)
+        return fns.model.apply({"params": params}, features,
+                               method=fns.model.decoder_output_layer)
+
+    def nll(layer_params):
+        return reconstruction_losses(x, output(layer_params), lpips_params, loss_cfg)["rec_loss"]
+
+    def g_loss(layer_params):
+        return gan.generator_adv_loss(fns.disc.apply({"params": disc_params}, output(layer_params)))
+
+    nll_grad = jax.grad(nll)(out_params)["kernel"]
+    g_grad = jax.grad(g_loss)(out_params)["kernel"]
+    return gan.adaptive_disc_weight(nll_grad, g_grad, max_weight=loss_cfg.adaptive_weight_max)
+
+
+def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
+    """Re-initialises dead codes from this batch's encoder outputs every `restart_every` steps."""
+    if codebook_cfg.restart_every <= 0:
+        return gen_params, code_usage, jnp.zeros((), jnp.float32)
+    num_codes = code_usage.shape[0]
+    min_usage = codebook_cfg.min_usage / num_codes
+    dead = code_usage < min_usage
+    due = (step % codebook_cfg.restart_every) == 0
+    codebook = quantizer.get_codebook(gen_params)
+    restarted = quantizer.restart_dead_codes(codebook, code_usage, aux["encoder_latents"], rng,
+                                             min_usage)
+    codebook = jnp.where(due, restarted, codebook)
+    reset_usage = jnp.where(dead, 1.0 / num_codes, code_usage)
+    code_usage = jnp.where(due, reset_usage, code_usage)
+    count = jnp.where(due, jnp.sum(dead), 0).astype(jnp.float32)
+    return quantizer.set_codebook(gen_params, codebook), code_usage, count
+
+
+def make_train_step(fns: StepFns, config: ml_collections.ConfigDict, use_disc: bool) -> Callable:
+    return functools.partial(train_step, fns=fns, config=config, use_disc=use_disc)

@@ -1,0 +1,146 @@
+"""Stage 1 as a `loop.Task`: data, sharded state, jit-compiled steps, evaluation, images."""
+import functools
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ganime_jax.data import pipeline
+from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
+from ganime_jax.models.discriminator import NLayerDiscriminator
+from ganime_jax.models.vqgan import VQGAN
+from ganime_jax.train import checkpointing, mesh as mesh_lib, optimizers, vqgan_step
+from ganime_jax.train.summary import MetricWriter, image_grid, to_uint8
+
+IMAGES_IN_GRID = 8
+
+
+def build_models(config: ml_collections.ConfigDict) -> vqgan_step.StepFns:
+    total = config.train.num_steps
+    return vqgan_step.StepFns(
+        model=VQGAN(**config.model),
+        disc=NLayerDiscriminator(**config.discriminator),
+        gen_tx=optimizers.adam(config.optimizer.gen_lr, config.optimizer, total),
+        disc_tx=optimizers.adam(config.optimizer.disc_lr, config.optimizer, total))
+
+
+def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh, state_shardings: Any, use_disc: bool):
+    """The jitted step: batch split over the mesh, state and LPIPS weights replicated."""
+    replicated = mesh_lib.replicated(mesh)
+    return jax.jit(
+        vqgan_step.make_train_step(fns, config, use_disc),
+        in_shardings=(state_shardings, {"frames": mesh_lib.batch_sharding(mesh)}, replicated,
+                      replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0)
+
+
+class VQGANTask:
+    """Everything stage 1 needs from the shared loop, on one mesh."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+        self.config = config
+        self.mesh = mesh
+        mesh_lib.check_batch_size(config.train.batch_size, mesh)
+        self.fns = build_models(config)
+        self.frame_shape = (config.data.height, config.data.width, config.model.in_channels)
+        self.replicated = mesh_lib.replicated(mesh)
+        self.lpips_params = jax.device_put(load_lpips_params(), self.replicated)
+        abstract = jax.eval_shape(self._init, jax.random.key(0))
+        self.state_shardings = jax.tree.map(lambda _: self.replicated, abstract)
+        self._abstract = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
+        self._steps = {use_disc: compile_train_step(self.fns, config, mesh, self.state_shardings,
+                                                    use_disc)
+                       for use_disc in (False, True)}
+        self._eval_fn = jax.jit(functools.partial(_eval_batch, fns=self.fns))
+
+    def _init(self, rng: jax.Array) -> vqgan_step.VQGANState:
+        return vqgan_step.init_state(rng, self.fns, self.frame_shape,
+                                     self.config.model.num_embeddings)
+
+    def abstract_state(self) -> Any:
+        return self._abstract
+
+    def init_state(self, rng: jax.Array) -> vqgan_step.VQGANState:
+        return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
+
+    def _loader(self, split: str, batch_size: int, seed: int, shuffle: bool, num_epochs=None):
+        data = self.config.data
+        return pipeline.frames_loader(
+            data.data_root, f"{data.dataset}_frames", split, global_batch_size=batch_size,
+            seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=data.worker_count,
+            worker_buffer_size=data.worker_buffer_size, read_threads=data.read_threads,
+            read_buffer=data.read_buffer)
+
+    def train_batches(self, data_state: bytes | None) -> Iterator[tuple[dict, bytes]]:
+        loader = self._loader(self.config.data.train_split, self.config.train.batch_size,
+                              self.config.seed, shuffle=True)
+        iterator = iter(loader)
+        if data_state is not None:
+            iterator.set_state(data_state)
+        return pipeline.prefetch_to_mesh(iterator, self.mesh, size=self.config.data.prefetch,
+                                        data_axis=mesh_lib.BATCH_AXES, with_state=True)
+
+    def train_step(self, state, batch, rng, step):
+        use_disc = step >= self.config.loss.disc_start
+        return self._steps[use_disc](state, batch, rng, self.lpips_params)
+
+    def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict) -> None:
+        cfg = self.config
+        if step % cfg.train.image_every == 0:
+            frames = np.asarray(jax.device_get(last_batch["frames"]))[:IMAGES_IN_GRID]
+            recon = self.reconstruct(state.gen_params, frames)
+            writer.image(step, "train/input_over_reconstruction",
+                         image_grid([frames, to_uint8(recon)]))
+        if step % cfg.eval.every == 0:
+            writer.scalars(step, self.evaluate(state), prefix="eval")
+
+    def reconstruct(self, gen_params, frames: np.ndarray) -> np.ndarray:
+        recon, _ = self._eval_fn(gen_params, jnp.asarray(frames), self.lpips_params)
+        return np.asarray(recon)
+
+    def evaluate(self, state: vqgan_step.VQGANState,
+                 num_batches: int | None = None) -> dict[str, float]:
+        """Held-out reconstruction PSNR / LPIPS / L1 and codebook usage over the eval split."""
+        cfg = self.config
+        num_batches = cfg.eval.num_batches if num_batches is None else num_batches
+        loader = self._loader(cfg.data.eval_split, cfg.eval.batch_size, cfg.seed,
+                              shuffle=False, num_epochs=1)
+        totals: dict[str, float] = {}
+        counts = np.zeros((cfg.model.num_embeddings,), np.int64)
+        seen = 0
+        for i, batch in enumerate(loader):
+            if i >= num_batches:
+                break
+            _, stats = self._eval_fn(state.gen_params, jnp.asarray(batch["frames"]), self.lpips_params)
+            stats = jax.device_get(stats)
+            counts += np.bincount(stats.pop("indices").reshape(-1),
+                                  minlength=cfg.model.num_embeddings)
+            n = batch["frames"].shape[0]
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(np.sum(v))
+            seen += n
+        result = {k: v / max(seen, 1) for k, v in totals.items()}
+        probs = counts / max(counts.sum(), 1)
+        nonzero = probs[probs > 0]
+        result["codebook_usage"] = float(np.mean(counts > 0))
+        result["codebook_perplexity"] = float(np.exp(-np.sum(nonzero * np.log(nonzero))))
+        result["num_frames"] = float(seen)
+        return result
+
+
+def _eval_batch(gen_params, frames, lpips_params, *, fns: vqgan_step.StepFns):
+    x = vqgan_step.frames_to_float(frames)
+    recon, aux = fns.model.apply({"params": gen_params}, x)
+    recon = jnp.clip(recon, -1.0, 1.0)
+    mse = jnp.mean(jnp.square((recon - x) / 2.0), axis=(1, 2, 3))
+    stats = {
+        "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
+        "lpips": lpips_distance(lpips_params, x, recon),
+        "l1": jnp.mean(jnp.abs(recon - x), axis=(1, 2, 3)),
+        "indices": aux["indices"],
+    }
+    return recon, stats

@@ -1,0 +1,49 @@
+"""ganime-jax entry point: `python main.py --config=configs/X.py --workdir=DIR --mode=train`.
+
+Errors caused by the user's input (paths, configs, data) are printed as one line and exit 2.
+"""
+import sys
+
+from absl import app, flags, logging
+
+DEFAULT_CONFIG = "configs/vqgan_demo.py"
+MODES = ("train", "sample", "eval")
+
+
+def _define_config_flag():
+    # ml_collections parses `--config.a.b=v` overrides while the flag is being defined, so a
+    # typo in an override surfaces here, before absl can report it.
+    from ml_collections import config_flags
+    try:
+        return config_flags.DEFINE_config_file(
+            "config", DEFAULT_CONFIG, "Experiment config file (a .py with get_config()).",
+            lock_config=True)
+    except (AttributeError, KeyError) as error:
+        from ganime_jax.cli import fail, one_line
+        fail(f"bad --config override: {one_line(error)}")
+
+
+_CONFIG = _define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples. "
+                               "Defaults to workdirs/<config file name>.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+
+
+def main(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, tfds) drown progress
+        logging.set_verbosity(logging.WARNING)
+    from ganime_jax import cli
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+    from ganime_jax.errors import UserError
+    try:
+        config = cli.load_config(_CONFIG)
+        workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
+        cli.run_mode(_MODE.value, config, workdir)
+    except UserError as error:
+        logging.flush()
+        cli.fail(str(error))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,59 @@
+"""Config checking, mesh construction and optimiser schedules."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import vqgan_kny
+from ganime_jax import config_check
+from ganime_jax.errors import UserError
+from ganime_jax.train import mesh as mesh_lib, optimizers
+
+
+def test_reference_config_passes_its_own_check():
+    config = vqgan_kny.get_config()
+    config_check.check_fields(config, vqgan_kny.get_config(), "ref")
+
+
+def test_missing_field_is_named():
+    config = vqgan_kny.get_config()
+    del config.train["num_steps"]
+    with pytest.raises(UserError, match="missing the required field `train.num_steps`"):
+        config_check.check_fields(config, vqgan_kny.get_config(), "ref")
+
+
+def test_unknown_field_suggests_the_close_one():
+    config = vqgan_kny.get_config()
+    config.train.num_step = 3
+    with pytest.raises(UserError, match="did you mean `train.num_steps`"):
+        config_check.check_fields(config, vqgan_kny.get_config(), "ref")
+
+
+def test_unset_required_field_is_named():
+    config = vqgan_kny.get_config()
+    config.data.dataset = None
+    with pytest.raises(UserError, match="`data.dataset` is required"):
+        config_check.check_fields(config, vqgan_kny.get_config(), "ref")
+
+
+def test_mesh_takes_remaining_devices():
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 2}))
+    assert dict(mesh.shape) == {"data": len(jax.devices()) // 2, "fsdp": 2}
+
+
+@pytest.mark.parametrize("data,fsdp", [(3, 1), (-1, -1), (2, 2)])
+def test_bad_mesh_is_a_user_error(data, fsdp):
+    with pytest.raises(UserError, match="config.mesh"):
+        mesh_lib.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}),
+                           devices=jax.devices()[:8])
+
+
+def test_warmup_then_cosine_schedule():
+    schedule = optimizers.learning_rate_schedule(
+        1e-3, schedule="cosine", warmup_steps=10, total_steps=110, init_value=1e-5)
+    assert np.isclose(schedule(0), 1e-5)
+    assert np.isclose(schedule(10), 1e-3)
+    assert np.isclose(schedule(60), 5e-4, rtol=1e-3)
+    assert schedule(110) < 1e-8
+    with pytest.raises(UserError, match="unknown learning-rate schedule"):
+        optimizers.learning_rate_schedule(1e-3, schedule="linear", warmup_steps=0, total_steps=5)
