@@ -1,0 +1,85 @@
+"""data_prep.embedded: tiny synthetic-anime and Moving MNIST builds are readable datasets."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import embedded
+from ganime_jax.data import tfds_io
+from ganime_jax.errors import UserError
+
+ANIME = dict(num_train_episodes=2, num_test_episodes=1, shots_per_episode=2, min_drawings=8, max_drawings=12,
+             height=32, width=64, min_frames=5, max_frames=8)
+MNIST = dict(num_train_clips=3, num_test_clips=2, num_frames=6, size=32)
+
+
+def _read_all(data_root, name, split):
+    source = tfds_io.open_split(str(data_root), name, split)
+    return [source[i] for i in range(len(source))]
+
+
+@pytest.fixture(scope="module")
+def anime_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anime")
+    embedded.ensure_embedded_dataset(str(root), "toon", kind="synthetic_anime", **ANIME)
+    return root
+
+
+def test_synthetic_anime_splits_and_shapes(anime_root):
+    sources = {}
+    for split in ("train", "test"):
+        clips = _read_all(anime_root, "toon_clips", split)
+        frames = _read_all(anime_root, "toon_frames", split)
+        assert clips and all(c["frames"].shape[1:] == (32, 64, 3) for c in clips)
+        assert all(5 <= c["n_frames"] == len(c["frames"]) <= 8 for c in clips)
+        assert len(frames) == sum(c["n_frames"] for c in clips)
+        assert frames[0]["frame"].shape == (32, 64, 3) and frames[0]["frame"].dtype == np.uint8
+        sources[split] = {c["source"] for c in clips}
+        for clip in clips:  # held frames were dropped: no two consecutive frames are equal
+            assert all((a != b).any() for a, b in zip(clip["frames"][:-1], clip["frames"][1:]))
+    assert sources["train"] <= {"episode_0000", "episode_0001"} and sources["test"] == {"episode_0002"}
+    metadata = tfds_io.read_metadata(str(anime_root), "toon_clips")
+    assert metadata["builder"] == "synthetic_anime" and metadata["settings"]["height"] == 32
+    assert metadata["summary"]["frames_held"] > 0
+    assert not (anime_root / ".toon.staging").exists()
+
+
+def test_ensure_skips_existing_and_rejects_other_settings(anime_root, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt an existing dataset")
+
+    monkeypatch.setattr(embedded, "iter_episode_shots", fail)
+    monkeypatch.setattr(embedded, "write_staged_datasets", fail)
+    embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="synthetic_anime", height=32, width=64)
+    with pytest.raises(UserError, match="other settings"):
+        embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="synthetic_anime", height=64, width=128)
+    with pytest.raises(UserError, match="unknown"):
+        embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="synthetic_anime", colour="red")
+    with pytest.raises(UserError, match="unknown embedded"):
+        embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="kinetics")
+
+
+def test_moving_mnist_splits_and_shapes(tmp_path):
+    embedded.ensure_embedded_dataset(str(tmp_path), "mm", kind="moving_mnist", height=32, width=32,
+                                     **{k: v for k, v in MNIST.items() if k != "size"})
+    for split, count in (("train", 3), ("test", 2)):
+        clips = _read_all(tmp_path, "mm_clips", split)
+        frames = _read_all(tmp_path, "mm_frames", split)
+        assert len(clips) == count and len(frames) == count * 6
+        assert all(c["frames"].shape == (6, 32, 32, 3) and c["n_frames"] == 6 for c in clips)
+        assert all(c["frames"].any() for c in clips)
+        assert {c["source"] for c in clips} == {f"mm_{split}"}
+    with pytest.raises(UserError, match="square"):
+        embedded.ensure_embedded_dataset(str(tmp_path), "mm2", kind="moving_mnist", height=32, width=64)
+
+
+def test_cli_builds_synthetic_anime(tmp_path):
+    args = [f"--{k}={v}" for k, v in ANIME.items()]
+    command = [sys.executable, "-m", "data_prep.embedded", "--dataset=synthetic_anime", f"--data_root={tmp_path}",
+               "--name=cli", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert tfds_io.split_names(str(tmp_path), "cli_clips") == ["train", "test"]
+    assert tfds_io.read_metadata(str(tmp_path), "cli_frames")["settings"]["shots_per_episode"] == 2
