@@ -21,19 +21,6 @@ from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_s
 from ganime_jax.data.video_io import VideoWriter, sibling_temp_path
 from ganime_jax.errors import UserError
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the episodes (created).")
-_NUM_EPISODES = flags.DEFINE_integer("num_episodes", 1, "How many episodes to render.")
-_MINUTES = flags.DEFINE_float("minutes", 5.0, "Length of every episode in minutes.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed; episode i uses a seed derived from (seed, i).")
-_FPS = flags.DEFINE_float("fps", 24.0, "Frame rate of the videos.")
-_HEIGHT = flags.DEFINE_integer("height", 64, "Frame height in pixels (even).")
-_WIDTH = flags.DEFINE_integer("width", 128, "Frame width in pixels (even).")
-_MIN_DRAWINGS = flags.DEFINE_integer("min_drawings", 16, "Fewest drawings (and frames) a shot.")
-_MAX_DRAWINGS = flags.DEFINE_integer("max_drawings", 60, "Most drawings a shot.")
-_QUALITY = flags.DEFINE_integer("quality", 10, "H.264 crf (lower = closer to the rendering).")
-_SUFFIX = flags.DEFINE_enum("suffix", ".mp4", [".mp4", ".mkv", ".webm", ".avi"],
-                            "Video container.")
-
 
 def episode_seed(seed: int, index: int) -> int:
     """Seed of episode `index`, so that runs with neighbouring seeds share no episode."""
@@ -95,24 +82,39 @@ def render_episodes(output_dir: str, num_episodes: int, num_frames: int, seed: i
     return paths
 
 
+def define_flags() -> None:
+    """The CLI flags, defined only when run as a script (importers keep their own flags)."""
+    flags.DEFINE_string("output_dir", None, "Folder for the episodes (created).")
+    flags.DEFINE_integer("num_episodes", 1, "How many episodes to render.")
+    flags.DEFINE_float("minutes", 5.0, "Length of every episode in minutes.")
+    flags.DEFINE_integer("seed", 0, "Seed; episode i uses a seed derived from (seed, i).")
+    flags.DEFINE_float("fps", 24.0, "Frame rate of the videos.")
+    flags.DEFINE_integer("height", 64, "Frame height in pixels (even).")
+    flags.DEFINE_integer("width", 128, "Frame width in pixels (even).")
+    flags.DEFINE_integer("min_drawings", 16, "Fewest drawings (and frames) a shot.")
+    flags.DEFINE_integer("max_drawings", 60, "Most drawings a shot.")
+    flags.DEFINE_integer("quality", 10, "H.264 crf (lower = closer to the rendering).")
+    flags.DEFINE_enum("suffix", ".mp4", [".mp4", ".mkv", ".webm", ".avi"], "Video container.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
     try:
-        if _OUTPUT_DIR.value is None:
+        if f.output_dir is None:
             raise UserError("--output_dir is required: the folder to write the episodes to")
-        if not _MINUTES.value > 0 or not _FPS.value > 0:
-            raise UserError(f"--minutes and --fps must be positive, got {_MINUTES.value}, "
-                            f"{_FPS.value}")
-        config = SyntheticAnimeConfig(height=_HEIGHT.value, width=_WIDTH.value)
-        num_frames = round(_MINUTES.value * 60 * _FPS.value)
-        render_episodes(_OUTPUT_DIR.value, _NUM_EPISODES.value, num_frames, _SEED.value, config,
-                        _FPS.value, _MIN_DRAWINGS.value, _MAX_DRAWINGS.value, _QUALITY.value,
-                        _SUFFIX.value)
+        if not f.minutes > 0 or not f.fps > 0:
+            raise UserError(f"--minutes and --fps must be positive, got {f.minutes}, {f.fps}")
+        config = SyntheticAnimeConfig(height=f.height, width=f.width)
+        num_frames = round(f.minutes * 60 * f.fps)
+        render_episodes(f.output_dir, f.num_episodes, num_frames, f.seed, config, f.fps,
+                        f.min_drawings, f.max_drawings, f.quality, f.suffix)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
