@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.disc_lr = 5e-5
     config.optimizer.b1 = 0.5
     config.optimizer.b2 = 0.9
+    config.optimizer.eps = 1e-8
     config.optimizer.grad_clip = 1.0
     config.optimizer.warmup_steps = 0
     config.optimizer.schedule = "constant"  # or "cosine" (decays to 0 at train.num_steps)

@@ -59,6 +59,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         state, data_state, step = task.init_state(jax.random.key(config.seed)), None, 0
     else:
         state, data_state, step = restored
+        if jax.process_index() == 0:
+            print(f"resumed from the checkpoint of step {step} in {workdir}", flush=True)
     resumed_from = None if restored is None else step
     base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     writer = MetricWriter(workdir)

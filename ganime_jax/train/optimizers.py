@@ -27,4 +27,4 @@ def adam(lr: float, opt: ml_collections.ConfigDict, total_steps: int) -> optax.G
     schedule = learning_rate_schedule(lr, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
                                       total_steps=total_steps)
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip),
-                       optax.adam(schedule, b1=opt.b1, b2=opt.b2))
+                       optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))

@@ -91,7 +91,7 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     grads, (recon, aux, metrics) = jax.grad(gen_loss_fn, has_aux=True)(state.gen_params)
     updates, gen_opt_state = fns.gen_tx.update(grads, state.gen_opt_state, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, updates)
-    metrics["gen_grad_norm"] = optax.global_norm(grads)
+    metrics["gen_grad_norm"] = optax.tree.norm(grads)
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if use_disc:
