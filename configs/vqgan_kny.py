@@ -41,7 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.channel_multipliers = (2, 4, 8, 8)
     config.model.num_res_blocks = 1
     config.model.attention_resolutions = (16,)
-    config.model.resolution = config.data.get_ref("height")
+    # taming counts attention resolutions down from `resolution`, halving at each level; with
+    # the frame width (as TorchGANime does) attention sits at the 8x16 level of a 64x128 frame.
+    config.model.resolution = config.data.get_ref("width")
     config.model.z_channels = 512
     config.model.dropout = 0.0
     config.model.num_embeddings = 1024

@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.embedded = ml_collections.ConfigDict(dict(
         kind="synthetic_anime", num_train_episodes=2, num_test_episodes=1, shots_per_episode=2,
         min_drawings=6, max_drawings=8, min_frames=4, max_frames=8, seed=0))
-    config.model.update(channels=8, channel_multipliers=(1, 2, 2), attention_resolutions=(4,),
+    config.model.update(channels=8, channel_multipliers=(1, 2, 2), attention_resolutions=(8,),
                         z_channels=8, num_embeddings=32, embedding_dim=8, norm_groups=4)
     config.discriminator.update(filters=8, num_layers=2, norm_groups=4)
     config.loss.disc_start = 2

@@ -1,0 +1,262 @@
+"""Stage 1: the taming-transformers VQ-GAN (VQModel) frame tokenizer, NHWC.
+
+frames (B, H, W, 3) in [-1, 1] -> Encoder -> quant_conv -> VectorQuantizer -> post_quant_conv
+-> Decoder -> frames. With L = len(channel_multipliers) levels the encoder downsamples L-1
+times, so the token grid is (H / 2^(L-1), W / 2^(L-1)): 64x128 -> 8x16 for the reference.
+
+Attention placement follows taming: a nominal `resolution` is halved at each downsampling and an
+AttnBlock follows every ResnetBlock of a level whose nominal resolution is in
+`attention_resolutions` (plus the one in `mid`). The input's true size plays no part, so the
+layer set (and checkpoint compatibility) depends on the config only. For GANime's 64x128 frames
+`resolution` is the width, 128: attention at 16 then sits at the lowest (8x16) level, as in
+the original implementations.
+
+Parameter paths mirror the PyTorch names (encoder/down_0/block_0/norm1, decoder/up_3/attn_1/q,
+encoder/mid/attn_1, quantize/embedding, ...); see `ganime_jax.convert.taming`.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ganime_jax.errors import UserError
+from ganime_jax.models.layers import (AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
+                                      canonical_dtype, conv)
+from ganime_jax.models.quantizer import VectorQuantizer, codebook_stats
+
+OUTPUT_LAYER = ("decoder", "conv_out")  # params path of the layer taming's adaptive weight uses
+
+
+class MidBlock(nn.Module):
+    """block_1 -> attn_1 -> block_2 at the lowest resolution."""
+    num_groups: int
+    dropout: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, h: jax.Array, train: bool) -> jax.Array:
+        channels = h.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = ResnetBlock(channels, self.num_groups, self.dropout, name="block_1", **kw)(h, train)
+        h = AttnBlock(self.num_groups, name="attn_1", **kw)(h)
+        return ResnetBlock(channels, self.num_groups, self.dropout, name="block_2", **kw)(h, train)
+
+
+class Level(nn.Module):
+    """One resolution level: blocks (each followed by an AttnBlock if `attention`), then an
+    optional `downsample` (encoder) or `upsample` (decoder)."""
+    out_channels: int
+    num_blocks: int
+    attention: bool
+    resample: str  # "downsample", "upsample" or "" (none)
+    num_groups: int
+    dropout: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, h: jax.Array, train: bool) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        for i in range(self.num_blocks):
+            h = ResnetBlock(self.out_channels, self.num_groups, self.dropout, name=f"block_{i}",
+                            **kw)(h, train)
+            if self.attention:
+                h = AttnBlock(self.num_groups, name=f"attn_{i}", **kw)(h)
+        if self.resample == "downsample":
+            h = Downsample(self.out_channels, name="downsample", **kw)(h)
+        elif self.resample == "upsample":
+            h = Upsample(self.out_channels, name="upsample", **kw)(h)
+        return h
+
+
+class Encoder(nn.Module):
+    channels: int
+    channel_multipliers: Sequence[int]
+    num_res_blocks: int
+    attention_resolutions: Sequence[int]
+    resolution: int
+    z_channels: int
+    dropout: float
+    num_groups: int
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        num_levels = len(self.channel_multipliers)
+        h = conv(self.channels, 3, "conv_in", **kw)(x.astype(self.dtype))
+        current = self.resolution
+        for i, mult in enumerate(self.channel_multipliers):
+            last = i == num_levels - 1
+            h = Level(self.channels * mult, self.num_res_blocks,
+                      current in self.attention_resolutions, "" if last else "downsample",
+                      self.num_groups, self.dropout, name=f"down_{i}", **kw)(h, train)
+            current = current if last else current // 2
+        h = MidBlock(self.num_groups, self.dropout, name="mid", **kw)(h, train)
+        h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+        return conv(self.z_channels, 3, "conv_out", **kw)(h)
+
+
+class Decoder(nn.Module):
+    channels: int
+    channel_multipliers: Sequence[int]
+    num_res_blocks: int
+    attention_resolutions: Sequence[int]
+    resolution: int
+    out_channels: int
+    output_tanh: bool
+    dropout: float
+    num_groups: int
+    dtype: Any
+    param_dtype: Any
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        mults = tuple(self.channel_multipliers)
+        num_levels = len(mults)
+        self.conv_in = conv(self.channels * mults[-1], 3, None, **kw)
+        self.mid = MidBlock(self.num_groups, self.dropout, **kw)
+        # `up` is indexed by level (0 = full resolution) like taming's decoder.up; it runs
+        # from the last level to the first.
+        levels = []
+        current = self.resolution // 2 ** (num_levels - 1)
+        for i in reversed(range(num_levels)):
+            levels.append(Level(self.channels * mults[i], self.num_res_blocks + 1,
+                                current in self.attention_resolutions,
+                                "upsample" if i else "", self.num_groups, self.dropout, **kw))
+            current = current * 2 if i else current
+        self.up = levels[::-1]
+        self.norm_out = GroupNorm(self.num_groups, dtype=self.dtype)
+        self.conv_out = conv(self.out_channels, 3, None, **kw)
+
+    def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """-> (frames float32, the features fed to conv_out)."""
+        h = self.mid(self.conv_in(z.astype(self.dtype)), train)
+        for level in reversed(self.up):
+            h = level(h, train)
+        features = nn.swish(self.norm_out(h))
+        return self.output_layer(features), features
+
+    def output_layer(self, features: jax.Array) -> jax.Array:
+        out = self.conv_out(features).astype(jnp.float32)
+        return jnp.tanh(out) if self.output_tanh else out
+
+
+class VQGAN(nn.Module):
+    """Defaults are GANime's reference (kny, 64x128 frames) sizes.
+
+    in_channels/out_channels: image channels. channels: base width; level i has
+    channels * channel_multipliers[i] channels. num_res_blocks: ResnetBlocks per encoder level
+    (decoder levels have one more). attention_resolutions, resolution: see the module docstring.
+    z_channels: encoder output / decoder input width. num_embeddings x embedding_dim: codebook.
+    beta, legacy_loss, l2_normalize_codes, lookup_dim: see `quantizer`. norm_groups: GroupNorm
+    groups (taming: 32). output_tanh: squash the decoder output into [-1, 1] (both GANime
+    implementations do; taming does not). dtype: compute dtype ("float32" or "bfloat16");
+    parameters, GroupNorm and the quantiser stay float32.
+    """
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: int = 32
+    channel_multipliers: Sequence[int] = (2, 4, 8, 8)
+    num_res_blocks: int = 1
+    attention_resolutions: Sequence[int] = (16,)
+    resolution: int = 128
+    z_channels: int = 512
+    dropout: float = 0.0
+    num_embeddings: int = 1024
+    embedding_dim: int = 128
+    beta: float = 0.25
+    legacy_loss: bool = False
+    l2_normalize_codes: bool = False
+    lookup_dim: int = 0
+    norm_groups: int = 32
+    output_tanh: bool = True
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
+
+    def setup(self):
+        if not self.channel_multipliers:
+            raise UserError("`channel_multipliers` is empty: give one multiplier per level")
+        compute, params = canonical_dtype(self.dtype), canonical_dtype(self.param_dtype)
+        shared = dict(channels=self.channels, channel_multipliers=tuple(self.channel_multipliers),
+                      num_res_blocks=self.num_res_blocks,
+                      attention_resolutions=tuple(self.attention_resolutions),
+                      resolution=self.resolution, dropout=self.dropout,
+                      num_groups=self.norm_groups, dtype=compute, param_dtype=params)
+        self.encoder = Encoder(z_channels=self.z_channels, **shared)
+        self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
+        self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,
+                                        self.legacy_loss, self.l2_normalize_codes,
+                                        self.lookup_dim)
+        self.post_quant_conv = conv(self.z_channels, 1, None, compute, params)
+        self.decoder = Decoder(out_channels=self.out_channels, output_tanh=self.output_tanh,
+                               **shared)
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.channel_multipliers) - 1)
+
+    def _check_frames(self, frames: jax.Array) -> None:
+        factor = self.downsampling_factor
+        if frames.ndim != 4 or frames.shape[-1] != self.in_channels:
+            raise UserError(f"frames of shape {frames.shape} given: expected (batch, height, "
+                            f"width, {self.in_channels})")
+        if frames.shape[1] % factor or frames.shape[2] % factor:
+            raise UserError(f"frame size {frames.shape[1]}x{frames.shape[2]} is not a multiple "
+                            f"of {factor} (2^(levels-1)): resize or crop the frames")
+
+    def _quantize(self, frames: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+        self._check_frames(frames)
+        z = self.quant_conv(self.encoder(frames, train))
+        return self.quantize(z)
+
+    def __call__(self, frames: jax.Array, train: bool = False) -> tuple[jax.Array, dict]:
+        """frames (B, H, W, C) in [-1, 1] -> (reconstruction float32, aux).
+
+        aux: indices (B, h, w) int32; quantizer_loss, codebook_loss, commitment_loss,
+        usage_fraction, perplexity (scalars); encoder_latents (B, h, w, code dim) float32 (for
+        `restart_dead_codes`); pre_output_features (B, H, W, channels * channel_multipliers[0]):
+        the input of the decoder's conv_out, for `decoder_output_layer`. With dropout > 0 and
+        train=True, pass rngs={"dropout": key}.
+        """
+        quantized, aux = self._quantize(frames, train)
+        recon, features = self.decoder(self.post_quant_conv(quantized), train)
+        aux.update(codebook_stats(aux["indices"], self.num_embeddings))
+        aux["pre_output_features"] = features
+        return recon, aux
+
+    def encode(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """frames -> (indices (B, h, w) int32, quantised latents (B, h, w, embedding_dim))."""
+        quantized, aux = self._quantize(frames, train=False)
+        return aux["indices"], quantized
+
+    def decode_latents(self, latents: jax.Array) -> jax.Array:
+        """Quantised latents (B, h, w, embedding_dim) -> frames (B, H, W, C) float32."""
+        recon, _ = self.decoder(self.post_quant_conv(latents), train=False)
+        return recon
+
+    def decode(self, indices: jax.Array) -> jax.Array:
+        """Token indices (B, h, w) -> frames (B, H, W, C) float32 in [-1, 1] (if output_tanh)."""
+        return self.decode_latents(self.quantize.lookup(indices))
+
+    def decoder_output_layer(self, features: jax.Array) -> jax.Array:
+        """Only the decoder's last layer (conv_out and the tanh): features -> frames.
+
+        With aux["pre_output_features"] this recomputes the reconstruction as a function of
+        params["decoder"]["conv_out"] alone, for taming's adaptive discriminator weight.
+        """
+        return self.decoder.output_layer(features)
+
+
+def output_layer_params(params: Any) -> Any:
+    """params["decoder"]["conv_out"] ({"kernel", "bias"}) of VQGAN params."""
+    return params[OUTPUT_LAYER[0]][OUTPUT_LAYER[1]]
+
+
+def with_output_layer_params(params: Any, layer_params: Any) -> Any:
+    """VQGAN params with decoder.conv_out replaced (a new dict; `params` is not modified)."""
+    decoder = {**params[OUTPUT_LAYER[0]], OUTPUT_LAYER[1]: layer_params}
+    return {**params, OUTPUT_LAYER[0]: decoder}

@@ -1,0 +1,307 @@
+"""taming/TorchGANime checkpoint conversion: round trip, numerical equality with a PyTorch
+model that has taming's layer names and structure, and checkpoint-file errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ganime_jax.convert.taming import (convert_taming_state_dict, load_taming_checkpoint,
+                                       to_taming_state_dict)
+from ganime_jax.errors import UserError
+from ganime_jax.models.discriminator import NLayerDiscriminator
+from ganime_jax.models.vqgan import VQGAN
+
+TINY = dict(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+            attention_resolutions=(8,), resolution=32, z_channels=16, embedding_dim=8,
+            num_embeddings=32, norm_groups=4)
+DISC = dict(filters=8, num_layers=2, norm="batch", norm_groups=4)
+FRAME_SHAPE = (2, 16, 32, 3)
+GROUPS, EPS = 4, 1e-6
+
+
+# A small PyTorch VQModel with taming-transformers' module names and structure.
+def _norm(channels):
+    return nn.GroupNorm(GROUPS, channels, eps=EPS)
+
+
+class TorchResnetBlock(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        if cin != cout:
+            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+
+class TorchAttnBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = _norm(c)
+        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
+
+    def forward(self, x):
+        b, c, hh, ww = x.shape
+        h = self.norm(x)
+        q, k, v = (f(h).reshape(b, c, hh * ww) for f in (self.q, self.k, self.v))
+        w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c ** -0.5, dim=2)
+        out = torch.einsum("bij,bcj->bci", w, v).reshape(b, c, hh, ww)
+        return x + self.proj_out(out)
+
+
+class TorchResample(nn.Module):
+    def __init__(self, c, down):
+        super().__init__()
+        self.down = down
+        self.conv = nn.Conv2d(c, c, 3, stride=2 if down else 1, padding=0 if down else 1)
+
+    def forward(self, x):
+        if self.down:
+            return self.conv(nn.functional.pad(x, (0, 1, 0, 1)))
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _level(cin, cout, blocks, attention):
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for _ in range(blocks):
+        level.block.append(TorchResnetBlock(cin, cout))
+        cin = cout
+        if attention:
+            level.attn.append(TorchAttnBlock(cout))
+    return level
+
+
+def _run_level(level, h):
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
+
+
+def _mid(c):
+    mid = nn.Module()
+    mid.block_1, mid.attn_1, mid.block_2 = TorchResnetBlock(c, c), TorchAttnBlock(c), \
+        TorchResnetBlock(c, c)
+    return mid
+
+
+def _run_mid(mid, h):
+    return mid.block_2(mid.attn_1(mid.block_1(h)))
+
+
+class TorchEncoder(nn.Module):
+    def __init__(self, ch, mults, blocks, attn_res, res, z):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        cin = ch
+        for i, m in enumerate(mults):
+            level = _level(cin, ch * m, blocks, res in attn_res)
+            cin = ch * m
+            if i != len(mults) - 1:
+                level.downsample = TorchResample(cin, down=True)
+                res //= 2
+            self.down.append(level)
+        self.mid = _mid(cin)
+        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, z, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for level in self.down:
+            h = _run_level(level, h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = _run_mid(self.mid, h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+
+class TorchDecoder(nn.Module):
+    def __init__(self, ch, mults, blocks, attn_res, res, z):
+        super().__init__()
+        cin = ch * mults[-1]
+        res //= 2 ** (len(mults) - 1)
+        self.conv_in = nn.Conv2d(z, cin, 3, padding=1)
+        self.mid = _mid(cin)
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(mults))):
+            level = _level(cin, ch * mults[i], blocks + 1, res in attn_res)
+            cin = ch * mults[i]
+            if i != 0:
+                level.upsample = TorchResample(cin, down=False)
+                res *= 2
+            self.up.insert(0, level)
+        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, 3, 3, padding=1)
+
+    def forward(self, z):
+        h = _run_mid(self.mid, self.conv_in(z))
+        for level in reversed(self.up):
+            h = _run_level(level, h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return torch.tanh(self.conv_out(nn.functional.silu(self.norm_out(h))))
+
+
+class TorchDiscriminator(nn.Module):
+    def __init__(self, ndf, n_layers):
+        super().__init__()
+        layers = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.main(x)
+
+
+class TorchVQModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        args = (TINY["channels"], TINY["channel_multipliers"], TINY["num_res_blocks"],
+                TINY["attention_resolutions"], TINY["resolution"], TINY["z_channels"])
+        self.encoder, self.decoder = TorchEncoder(*args), TorchDecoder(*args)
+        self.quant_conv = nn.Conv2d(TINY["z_channels"], TINY["embedding_dim"], 1)
+        self.post_quant_conv = nn.Conv2d(TINY["embedding_dim"], TINY["z_channels"], 1)
+        self.quantize = nn.Module()
+        self.quantize.embedding = nn.Embedding(TINY["num_embeddings"], TINY["embedding_dim"])
+        self.loss = nn.Module()
+        self.loss.discriminator = TorchDiscriminator(DISC["filters"], DISC["num_layers"])
+
+    def forward(self, x):
+        z = self.quant_conv(self.encoder(x)).permute(0, 2, 3, 1)
+        codes = self.quantize.embedding.weight
+        indices = torch.cdist(z.reshape(-1, z.shape[-1]), codes).argmin(1)
+        quantized = codes[indices].reshape(z.shape).permute(0, 3, 1, 2)
+        return self.decoder(self.post_quant_conv(quantized)), indices.reshape(z.shape[:3])
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    torch.manual_seed(0)
+    model = TorchVQModel().eval()
+    with torch.no_grad():  # non-trivial affine norms, codes and BatchNorm statistics
+        for name, param in model.named_parameters():
+            if "norm" in name or name.startswith("quantize") or "main.3" in name:
+                param.normal_(0.0 if name.endswith("bias") else 1.0, 0.3)
+        bn = model.loss.discriminator.main[3]
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def state_dict(torch_model):
+    return {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.random.default_rng(0).uniform(-1, 1, FRAME_SHAPE).astype(np.float32)
+
+
+def _random_variables(module, seed):
+    """Variables with the module's tree and shapes, random values (no compile needed)."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(FRAME_SHAPE))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
+def test_taming_names_and_round_trip():
+    params = _random_variables(VQGAN(**TINY), 0)["params"]
+    disc_vars = _random_variables(NLayerDiscriminator(**DISC), 1)
+    exported = to_taming_state_dict(params, disc_vars["params"], disc_vars["batch_stats"])
+    assert exported["encoder.down.0.block.0.norm1.weight"].shape == (8,)
+    assert exported["encoder.down.1.block.0.nin_shortcut.weight"].shape == (16, 8, 1, 1)
+    assert exported["decoder.up.2.attn.1.q.weight"].shape == (16, 16, 1, 1)
+    assert exported["decoder.mid.block_1.conv1.weight"].shape == (16, 16, 3, 3)
+    assert exported["quantize.embedding.weight"].shape == (32, 8)
+    assert exported["loss.discriminator.main.3.running_var"].shape == (16,)
+    converted = convert_taming_state_dict(exported)
+    for ours, back in [(params, converted.vqgan_params), (disc_vars["params"],
+                                                          converted.disc_params),
+                       (disc_vars["batch_stats"], converted.disc_batch_stats)]:
+        assert jax.tree.structure(ours) == jax.tree.structure(back)
+        jax.tree.map(np.testing.assert_array_equal, ours, back)
+
+
+def test_converted_weights_reproduce_the_pytorch_model(torch_model, state_dict, frames):
+    weights = convert_taming_state_dict(state_dict)
+    with torch.no_grad():
+        recon_t, indices_t = torch_model(torch.from_numpy(frames).permute(0, 3, 1, 2))
+        logits_t = torch_model.loss.discriminator(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    recon, aux = jax.jit(VQGAN(**TINY).apply)({"params": weights.vqgan_params}, frames)
+    np.testing.assert_array_equal(aux["indices"], indices_t.numpy())
+    np.testing.assert_allclose(recon, recon_t.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    disc_vars = {"params": weights.disc_params, "batch_stats": weights.disc_batch_stats}
+    logits = jax.jit(NLayerDiscriminator(**DISC).apply)(disc_vars, frames)
+    np.testing.assert_allclose(logits, logits_t.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "lightning_ckpt"])
+def test_load_checkpoint_files(kind, torch_model, state_dict, tmp_path):
+    if kind == "safetensors":
+        from safetensors.torch import save_file
+        path = str(tmp_path / "vqgan.safetensors")
+        save_file(dict(torch_model.state_dict()), path)
+    else:
+        path = str(tmp_path / "vqgan.ckpt")
+        torch.save({"state_dict": torch_model.state_dict(), "epoch": 3}, path)
+    loaded = load_taming_checkpoint(path, VQGAN(**TINY), NLayerDiscriminator(**DISC))
+    expected = convert_taming_state_dict(state_dict)
+    jax.tree.map(np.testing.assert_array_equal, loaded, expected)
+    without_disc = load_taming_checkpoint(path, VQGAN(**TINY))
+    assert without_disc.disc_params is None
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"num_embeddings": 64}, r"'quantize\.embedding\.weight' has shape \(32, 8\)"),
+    ({"attention_resolutions": (16,)}, r"lacks '(encoder\.down|decoder\.up)\.1\.attn\.0\."),
+    ({"attention_resolutions": ()}, r"'(encoder\.down|decoder\.up)\.2\.attn\.0\..*no place"),
+])
+def test_config_mismatch_names_the_key(change, key, torch_model, tmp_path):
+    path = str(tmp_path / "vqgan.pt")
+    torch.save(torch_model.state_dict(), path)
+    with pytest.raises(UserError, match=key):
+        load_taming_checkpoint(path, VQGAN(**{**TINY, **change}))
+
+
+def test_group_norm_discriminator_rejects_batch_norm_checkpoint(torch_model, tmp_path):
+    path = str(tmp_path / "vqgan.pt")
+    torch.save(torch_model.state_dict(), path)
+    with pytest.raises(UserError, match="running_mean"):
+        load_taming_checkpoint(path, VQGAN(**TINY), NLayerDiscriminator(**{**DISC,
+                                                                           "norm": "group"}))
+
+
+class _NotATensor:
+    pass
+
+
+def test_unreadable_files_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_taming_checkpoint(str(tmp_path / "missing.ckpt"), VQGAN(**TINY))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read"):
+        load_taming_checkpoint(str(garbage), VQGAN(**TINY))
+    pickled = tmp_path / "objects.pt"
+    torch.save({"state_dict": {}, "hyper_parameters": _NotATensor()}, pickled)
+    with pytest.raises(UserError, match="weights_only"):  # never unpickles arbitrary objects
+        load_taming_checkpoint(str(pickled), VQGAN(**TINY))
+    wrong = tmp_path / "weights.npz"
+    wrong.write_bytes(b"")
+    with pytest.raises(UserError, match="unknown checkpoint format"):
+        load_taming_checkpoint(str(wrong), VQGAN(**TINY))
