@@ -57,8 +57,11 @@ def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int],
 def reconstruction_losses(x: jax.Array, recon: jax.Array, lpips_params: Any,
                           loss_cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     l1 = jnp.mean(jnp.abs(x - recon))
-    perceptual = jnp.mean(lpips_distance(lpips_params, x, recon,
-                                         dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
+    if loss_cfg.perceptual_weight:
+        perceptual = jnp.mean(lpips_distance(lpips_params, x, recon,
+                                             dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
+    else:  # no VGG16 passes at all when the perceptual term is off
+        perceptual = jnp.zeros((), jnp.float32)
     nll = loss_cfg.l1_weight * l1 + loss_cfg.perceptual_weight * perceptual
     return {"l1": l1, "lpips": perceptual, "rec_loss": nll}
 
