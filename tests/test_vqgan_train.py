@@ -7,11 +7,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import vqgan_tiny
+from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.train import mesh as mesh_lib, vqgan_step
 from ganime_jax.train.summary import read_metrics
@@ -61,9 +63,14 @@ def test_eight_device_step_equals_one_device_step(setup):
     linear = (linear_config, build_models(linear_config), frames, lpips_params)
     one_state, one_metrics = _run_steps(linear, jax.devices()[:1], 2, use_disc=True)
     eight_state, eight_metrics = _run_steps(linear, jax.devices(), 2, use_disc=True)
-    for key in ("loss", "rec_loss", "g_loss", "d_weight", "d_loss"):
-        np.testing.assert_allclose(one_metrics[-1][key], eight_metrics[-1][key],
-                                   rtol=1e-4, atol=1e-6, err_msg=key)
+    # From the same state, every metric of the step agrees to float rounding. (Later steps'
+    # adaptive weight is a ratio of small gradient norms that amplifies that rounding.)
+    for key in ("loss", "rec_loss", "quantizer_loss", "g_loss", "d_weight", "d_loss",
+                "gen_grad_norm"):
+        np.testing.assert_allclose(one_metrics[0][key], eight_metrics[0][key],
+                                   rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(one_metrics[1]["rec_loss"], eight_metrics[1]["rec_loss"],
+                               rtol=1e-5)
     leaves_one = jax.tree.leaves(one_state.gen_params) + jax.tree.leaves(one_state.disc_params)
     leaves_eight = jax.tree.leaves(eight_state.gen_params) + jax.tree.leaves(eight_state.disc_params)
     for a, b in zip(leaves_one, leaves_eight):
@@ -114,3 +121,49 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
         for key in ("loss", "rec_loss", "quantizer_loss"):
             np.testing.assert_allclose(got[step][key], expected[step][key], rtol=1e-6,
                                        err_msg=f"step {step} {key}")
+
+
+def test_generator_gradients_equal_full_differentiation(setup):
+    """The one-backward-pass step gives the gradients of differentiating the whole loss."""
+    config, fns, frames, lpips_params = setup
+    frame_shape = frames.shape[1:]
+    state = vqgan_step.init_state(jax.random.key(1), fns, frame_shape,
+                                  config.model.num_embeddings)
+    x = vqgan_step.frames_to_float(jnp.asarray(frames))
+    loss_cfg = config.loss
+    kernel_path = ("decoder", "conv_out", "kernel")
+
+    def terms(params):
+        recon, aux = fns.model.apply({"params": params}, x, train=True)
+        nll = vqgan_step.reconstruction_losses(x, recon, lpips_params, loss_cfg)["rec_loss"]
+        g = gan.generator_adv_loss(fns.disc.apply({"params": state.disc_params}, recon))
+        return nll, g, aux["quantizer_loss"]
+
+    nll_grads = jax.grad(lambda p: terms(p)[0])(state.gen_params)
+    g_grads = jax.grad(lambda p: terms(p)[1])(state.gen_params)
+    kernel = lambda tree: tree[kernel_path[0]][kernel_path[1]][kernel_path[2]]  # noqa: E731
+    expected_weight = loss_cfg.disc_weight * np.clip(
+        np.linalg.norm(kernel(nll_grads)) / (np.linalg.norm(kernel(g_grads)) + 1e-4), 0.0, 1e4)
+
+    @jax.jit
+    def ours(params):
+        def generator(p):
+            recon, aux = fns.model.apply({"params": p}, x, train=True)
+            return (recon, aux["quantizer_loss"]), aux
+
+        (recon, q), vjp, aux = jax.vjp(generator, params, has_aux=True)
+        recon_grad, metrics = vqgan_step.generator_losses(
+            x, recon, q, aux, state, lpips_params, fns, loss_cfg, use_disc=True)
+        return vjp((recon_grad, jnp.asarray(loss_cfg.codebook_weight, q.dtype)))[0], metrics
+
+    grads, metrics = ours(state.gen_params)
+    np.testing.assert_allclose(metrics["d_weight"], expected_weight, rtol=1e-4)
+
+    def total(params):
+        nll, g, q = terms(params)
+        return nll + loss_cfg.codebook_weight * q + expected_weight * loss_cfg.disc_factor * g
+
+    expected_grads = jax.grad(total)(state.gen_params)
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(expected_grads))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)

@@ -74,27 +74,23 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     x = frames_to_float(batch["frames"])
     dropout_rng, restart_rng = jax.random.split(rng)
 
-    def gen_loss_fn(gen_params):
+    def generator(gen_params):
         recon, aux = fns.model.apply({"params": gen_params}, x, train=True,
                                      rngs={"dropout": dropout_rng})
-        losses = reconstruction_losses(x, recon, lpips_params, loss_cfg)
-        loss = losses["rec_loss"] + loss_cfg.codebook_weight * aux["quantizer_loss"]
-        losses["quantizer_loss"] = aux["quantizer_loss"]
-        if use_disc:
-            g_loss = gan.generator_adv_loss(
-                fns.disc.apply({"params": state.disc_params}, recon))
-            d_weight = loss_cfg.disc_weight * _adaptive_weight(
-                gen_params, aux["pre_output_features"], x, lpips_params, state.disc_params,
-                fns, loss_cfg)
-            loss = loss + d_weight * loss_cfg.disc_factor * g_loss
-            losses.update(g_loss=g_loss, d_weight=d_weight)
-        losses["loss"] = loss
-        return loss, (recon, aux, losses)
+        return (recon, aux["quantizer_loss"]), aux
 
-    grads, (recon, aux, metrics) = jax.grad(gen_loss_fn, has_aux=True)(state.gen_params)
-    updates, gen_opt_state = fns.gen_tx.update(grads, state.gen_opt_state, state.gen_params)
+    # The generator runs forward once; the losses are differentiated w.r.t. its output, and one
+    # backward pass through the generator takes the weighted sum of those output gradients.
+    (recon, quantizer_loss), generator_vjp, aux = jax.vjp(generator, state.gen_params,
+                                                          has_aux=True)
+    recon_grad, metrics = generator_losses(x, recon, quantizer_loss, aux, state, lpips_params,
+                                           fns, loss_cfg, use_disc)
+    (param_grads,) = generator_vjp((recon_grad, jnp.asarray(loss_cfg.codebook_weight,
+                                                            quantizer_loss.dtype)))
+    updates, gen_opt_state = fns.gen_tx.update(param_grads, state.gen_opt_state,
+                                               state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, updates)
-    metrics["gen_grad_norm"] = optax.tree.norm(grads)
+    metrics["gen_grad_norm"] = optax.tree.norm(param_grads)
 
     disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
     if use_disc:
@@ -127,30 +123,51 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     return new_state, metrics
 
 
-def _adaptive_weight(gen_params, features, x, lpips_params, disc_params, fns: StepFns,
-                     loss_cfg) -> jax.Array:
-    """taming's adaptive weight, from gradients w.r.t. the decoder's output-layer kernel only.
+def generator_losses(x, recon, quantizer_loss, aux, state: VQGANState, lpips_params,
+                     fns: StepFns, loss_cfg,
+                     use_disc: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(gradient of the total generator loss w.r.t. `recon`, the loss terms).
 
-    The features feeding that layer are held fixed, so each gradient costs one pass through
-    the output layer, the loss and its backward, not through the whole generator.
+    With the discriminator on, the GAN term is weighted by taming's adaptive weight
+    ||d nll / d W|| / ||d g / d W|| at the decoder's output-layer kernel W. Both gradients are
+    pulled back from their gradients w.r.t. `recon` through that layer alone (its input held
+    fixed), which gives the same numbers as differentiating the whole generator.
     """
+    def nll_fn(r):
+        losses = reconstruction_losses(x, r, lpips_params, loss_cfg)
+        return losses["rec_loss"], losses
+
+    (nll, metrics), recon_grad = jax.value_and_grad(nll_fn, has_aux=True)(recon)
+    loss = nll + loss_cfg.codebook_weight * quantizer_loss
+    metrics["quantizer_loss"] = quantizer_loss
+    if use_disc:
+        def g_fn(r):
+            return gan.generator_adv_loss(fns.disc.apply({"params": state.disc_params}, r))
+
+        g_loss, g_grad = jax.value_and_grad(g_fn)(recon)
+        nll_kernel_grad, g_kernel_grad = _output_kernel_grads(
+            state.gen_params, aux["pre_output_features"], fns, (recon_grad, g_grad))
+        d_weight = loss_cfg.disc_weight * gan.adaptive_disc_weight(
+            nll_kernel_grad, g_kernel_grad, max_weight=loss_cfg.adaptive_weight_max)
+        g_scale = d_weight * loss_cfg.disc_factor
+        loss = loss + g_scale * g_loss
+        recon_grad = recon_grad + g_scale * g_grad
+        metrics.update(g_loss=g_loss, d_weight=d_weight)
+    metrics["loss"] = loss
+    return recon_grad, metrics
+
+
+def _output_kernel_grads(gen_params, features, fns: StepFns, recon_grads):
+    """Gradients w.r.t. the decoder's output-layer kernel for each gradient w.r.t. `recon`."""
     features = jax.lax.stop_gradient(features)
-    out_params = vqgan.output_layer_params(gen_params)
 
     def output(layer_params):
         params = vqgan.with_output_layer_params(gen_params, layer_params)
         return fns.model.apply({"params": params}, features,
                                method=fns.model.decoder_output_layer)
 
-    def nll(layer_params):
-        return reconstruction_losses(x, output(layer_params), lpips_params, loss_cfg)["rec_loss"]
-
-    def g_loss(layer_params):
-        return gan.generator_adv_loss(fns.disc.apply({"params": disc_params}, output(layer_params)))
-
-    nll_grad = jax.grad(nll)(out_params)["kernel"]
-    g_grad = jax.grad(g_loss)(out_params)["kernel"]
-    return gan.adaptive_disc_weight(nll_grad, g_grad, max_weight=loss_cfg.adaptive_weight_max)
+    _, output_vjp = jax.vjp(output, vqgan.output_layer_params(gen_params))
+    return tuple(output_vjp(g)[0]["kernel"] for g in recon_grads)
 
 
 def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
