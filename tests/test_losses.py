@@ -11,6 +11,7 @@ import pytest
 
 from ganime_jax.errors import UserError
 from ganime_jax.losses import gan, perceptual
+from ganime_jax.weights_io import NumpyOnlyUnpickler
 
 # Odd sizes deeper in VGG (36 -> 18 -> 9 -> 4, 44 -> 22 -> 11 -> 5) exercise floor-mode pooling.
 SHAPE = (4, 36, 44, 3)
@@ -130,7 +131,7 @@ def test_lpips_rejects_mismatched_shapes(params):
 def test_weights_unpickler_refuses_non_numpy_globals():
     payload = pickle.dumps(collections.OrderedDict(a=1))
     with pytest.raises(pickle.UnpicklingError):
-        perceptual._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+        NumpyOnlyUnpickler(io.BytesIO(payload)).load()
 
 
 def test_hinge_and_vanilla_d_losses_match_numpy():

