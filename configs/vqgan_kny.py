@@ -75,12 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.disc_start = 10000
     config.loss.adaptive_weight_max = 1e4
 
-    # Dead-code restart: codes whose usage EMA falls below `min_usage` are re-initialised
-    # from random encoder outputs every `every` steps (0 disables it).
+    # Dead-code restart: every `restart_every` steps (0: never), codes whose usage EMA (decay
+    # `usage_decay`, starting at 0) is below `min_usage` times the uniform share
+    # 1/num_embeddings are re-initialised from random encoder outputs of the batch.
     config.codebook = ml_collections.ConfigDict()
     config.codebook.restart_every = 0
     config.codebook.usage_decay = 0.99
-    config.codebook.min_usage = 1e-3
+    config.codebook.min_usage = 0.1
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.gen_lr = 3e-5

@@ -77,10 +77,15 @@ def test_eight_device_step_equals_one_device_step(setup):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_autoencoder_steps_reduce_the_reconstruction_loss(setup):
+def test_autoencoder_steps_reduce_the_loss_and_restart_dead_codes(setup):
     _, history = _run_steps(setup, jax.devices()[:1], 12, use_disc=False)
     assert history[-1]["rec_loss"] < 0.8 * history[0]["rec_loss"]
     assert all(np.isfinite(h["loss"]) for h in history)
+    # The tiny config restarts codes every 2 steps; one batch cannot use all 32 codes.
+    restart_every = setup[0].codebook.restart_every
+    assert [h["codes_restarted"] > 0 for h in history[:2]] == [False, True]
+    assert all(h["codes_restarted"] == 0 for i, h in enumerate(history)
+               if (i + 1) % restart_every)
 
 
 def _train_command(workdir: pathlib.Path, data_root: pathlib.Path, num_steps: int) -> list[str]:

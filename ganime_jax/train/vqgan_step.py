@@ -26,7 +26,7 @@ class VQGANState:
     disc_params: Any
     gen_opt_state: Any
     disc_opt_state: Any
-    code_usage: jax.Array  # EMA of the fraction of tokens assigned to each code
+    code_usage: jax.Array  # EMA of the fraction of tokens assigned to each code, from 0
 
 
 @flax.struct.dataclass
@@ -51,7 +51,7 @@ def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int],
     return VQGANState(
         step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
         gen_opt_state=fns.gen_tx.init(gen_params), disc_opt_state=fns.disc_tx.init(disc_params),
-        code_usage=jnp.full((num_embeddings,), 1.0 / num_embeddings, jnp.float32))
+        code_usage=jnp.zeros((num_embeddings,), jnp.float32))
 
 
 def reconstruction_losses(x: jax.Array, recon: jax.Array, lpips_params: Any,
@@ -182,6 +182,8 @@ def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
     restarted = quantizer.restart_dead_codes(codebook, code_usage, aux["encoder_latents"], rng,
                                              min_usage)
     codebook = jnp.where(due, restarted, codebook)
+    # A restarted code starts at the uniform share: it has time to be picked before it counts
+    # as dead again.
     reset_usage = jnp.where(dead, 1.0 / num_codes, code_usage)
     code_usage = jnp.where(due, reset_usage, code_usage)
     count = jnp.where(due, jnp.sum(dead), 0).astype(jnp.float32)
