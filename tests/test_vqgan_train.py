@@ -17,7 +17,8 @@ from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.train import mesh as mesh_lib, vqgan_step
 from ganime_jax.train.summary import read_metrics
-from ganime_jax.train.vqgan_task import build_models, compile_train_step
+from ganime_jax.train.vqgan_task import (build_models, compile_train_step,
+                                        init_replicated_state)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,14 +35,8 @@ def setup():
 def _run_steps(setup, devices, num_steps: int, use_disc: bool):
     config, fns, frames, lpips_params = setup
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
-    frame_shape = frames.shape[1:]
-
-    def init(rng):
-        return vqgan_step.init_state(rng, fns, frame_shape, config.model.num_embeddings)
-
-    shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh),
-                             jax.eval_shape(init, jax.random.key(0)))
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    state, shardings = init_replicated_state(fns, config, mesh, frames.shape[1:],
+                                             jax.random.key(0))
     step = compile_train_step(fns, config, mesh, shardings, use_disc)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))

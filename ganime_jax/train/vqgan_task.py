@@ -38,6 +38,17 @@ def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDic
         donate_argnums=0)
 
 
+def init_replicated_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
+                          mesh: jax.sharding.Mesh, frame_shape: tuple[int, int, int],
+                          rng: jax.Array) -> tuple[vqgan_step.VQGANState, Any]:
+    """A fresh train state born replicated on `mesh`, and its shardings."""
+    def init(key):
+        return vqgan_step.init_state(key, fns, frame_shape, config.model.num_embeddings)
+
+    shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), jax.eval_shape(init, rng))
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
 class VQGANTask:
     """Everything stage 1 needs from the shared loop, on one mesh."""
 
