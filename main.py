@@ -19,14 +19,22 @@ def _define_config_flag():
             "config", DEFAULT_CONFIG, "Experiment config file (a .py with get_config()).",
             lock_config=True)
     except (AttributeError, KeyError) as error:
-        from ganime_jax.cli import fail, one_line
-        fail(f"bad --config override: {one_line(error)}")
+        from ganime_jax.cli import config_error, fail
+        fail(f"bad --config override: {config_error(error)}")
 
 
 _CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples. "
                                "Defaults to workdirs/<config file name>.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
+                               "(one process per host, e.g. on a TPU pod).")
+_FIRST = flags.DEFINE_string("first", None, "sample: image file of the first frame.")
+_LAST = flags.DEFINE_string("last", None, "sample: image file of the last frame.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames of the generated clip, "
+                                   "first and last included (default: config.sample.num_frames).")
+_OUTPUT = flags.DEFINE_string("output", None, "sample: path of the MP4 to write (a GIF goes "
+                              "beside it); default: <output_dir or workdir/samples>/*.mp4.")
 
 
 def main(argv: list[str]) -> None:
@@ -36,14 +44,19 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
     from ganime_jax.errors import UserError
+    if _MULTIHOST.value:
+        import jax
+        jax.distributed.initialize()
     try:
-        config = cli.load_config(_CONFIG)
+        config = cli.load_config(_CONFIG, flags.FLAGS["config"].config_filename)
         workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
-        cli.run_mode(_MODE.value, config, workdir)
+        cli.run_mode(_MODE.value, config, workdir, first=_FIRST.value, last=_LAST.value,
+                     num_frames=_NUM_FRAMES.value, output=_OUTPUT.value)
     except UserError as error:
         logging.flush()
         cli.fail(str(error))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from ganime_jax.cli import parse_flags
+    app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,46 @@
 """Test setup: 8 fake CPU devices so that sharded code paths run on any machine."""
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def stage1_workdirs(tmp_path_factory) -> dict:
+    """Stage-2 tests' frozen tokenizers: the tiny clips dataset (configs/vqgan_tiny.py's
+    embedded settings) and two stage-1 workdirs whose checkpoints hold randomly initialised
+    tiny VQ-GANs (seeds 0 and 1) in a stage-1 train state (the other parts zero-filled), saved
+    as a stage-1 run saves them. Returns {"data_root", "workdir", "other_workdir"}.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from configs import vqgan_tiny
+    from ganime_jax.train import checkpointing, entry, vqgan_step
+    from ganime_jax.train.vqgan_task import build_models
+
+    root = tmp_path_factory.mktemp("stage1")
+    config = vqgan_tiny.get_config()
+    config.data.data_root = str(root / "datasets")
+    entry.ensure_dataset(config.data)
+    fns = build_models(config)
+    frame_shape = (config.data.height, config.data.width, config.model.in_channels)
+    abstract = jax.eval_shape(lambda rng: vqgan_step.init_state(
+        rng, fns, frame_shape, config.model.num_embeddings), jax.random.key(0))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract)
+    init_gen = jax.jit(fns.model.init)  # "rbg" keys: compiles several times faster on CPU
+    paths = {}
+    for name, seed in (("workdir", 0), ("other_workdir", 1)):
+        gen_params = init_gen(jax.random.key(seed, impl="rbg"),
+                              jnp.zeros((1, *frame_shape)))["params"]
+        workdir = root / f"vqgan_tiny_seed{seed}"
+        checkpointing.write_config(workdir, config)
+        manager = checkpointing.make_manager(workdir, every=1, keep=1)
+        checkpointing.save(manager, 1, zeros.replace(gen_params=gen_params), None, config,
+                           force=True)
+        manager.wait_until_finished()
+        manager.close()
+        paths[name] = str(workdir)
+    return {"data_root": config.data.data_root, **paths}

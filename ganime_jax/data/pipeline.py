@@ -33,6 +33,7 @@ __all__ = [
     "frames_loader",
     "prefetch_to_mesh",
     "to_global_batch",
+    "tokens_loader",
 ]
 
 DATA_ITEM = "data"
@@ -60,30 +61,33 @@ class _LongEnough(grain.FilterTransform):
 
 
 class _CropOrPad(grain.RandomMapTransform):
-    """Fits a clip to exactly `max_frames` frames.
+    """Fits a clip (the array in `field`) to exactly `max_frames` frames.
 
     Longer clips are cropped to a window of `max_frames` consecutive frames (at a random start
     drawn from grain's per-record rng, so a resumed pipeline draws the same window; at the start
     when `random_crop` is False); shorter clips are zero-padded at the end. `n_frames` is the
-    number of real frames kept.
+    number of real frames kept. The array is cast to `dtype` when given.
     """
 
-    def __init__(self, max_frames: int, random_crop: bool):
+    def __init__(self, max_frames: int, random_crop: bool, field: str = "frames",
+                 dtype: Any = None):
         self.max_frames = max_frames
         self.random_crop = random_crop
+        self.field = field
+        self.dtype = dtype
 
     def random_map(
         self, element: dict[str, Any], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
-        frames = element["frames"]
+        frames = element[self.field]
         length = frames.shape[0]
         if length > self.max_frames:
             start = int(rng.integers(0, length - self.max_frames + 1)) if self.random_crop else 0
             frames = frames[start : start + self.max_frames]
             length = self.max_frames
-        padded = np.zeros((self.max_frames, *frames.shape[1:]), dtype=frames.dtype)
+        padded = np.zeros((self.max_frames, *frames.shape[1:]), dtype=self.dtype or frames.dtype)
         padded[:length] = frames
-        return {"frames": padded, "n_frames": np.int32(length)}
+        return {self.field: padded, "n_frames": np.int32(length)}
 
 
 def _shard_options(
@@ -243,6 +247,49 @@ def clips_loader(
     return _loader(
         source,
         [_LongEnough(min_frames), _CropOrPad(max_frames, random_crop)],
+        global_batch_size=global_batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        read_threads=read_threads,
+        read_buffer=read_buffer,
+    )
+
+
+def tokens_loader(
+    data_root: str,
+    name: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    seed: int,
+    max_frames: int,
+    min_frames: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    random_crop: bool = True,
+    read_threads: int = DEFAULT_READ_THREADS,
+    read_buffer: int = DEFAULT_READ_BUFFER,
+) -> grain.DataLoader:
+    """Batches {"tokens": (B, max_frames, h*w) int32, "n_frames": (B,) int32} of token clips.
+
+    Cropped/padded and filtered like `clips_loader`, from a "tokens" dataset.
+    """
+    summary = _require_kind(data_root, name, "tokens")
+    source = tfds_io.open_split(data_root, name, split)
+    path = tfds_io.dataset_path(data_root, name)
+    _check_clip_lengths(path, split, summary, min_frames, max_frames)
+    return _loader(
+        source,
+        [_LongEnough(min_frames), _CropOrPad(max_frames, random_crop, "tokens", np.int32)],
         global_batch_size=global_batch_size,
         seed=seed,
         shuffle=shuffle,

@@ -4,10 +4,13 @@ A dataset `name` lives in `<data_root>/<name>/`: the files of one TFDS version d
 (`dataset_info.json`, `features.json`, `*.array_record-*`) plus `ganime_metadata.json`
 (the kind, frame shape, per-split statistics and the caller's metadata).
 
-Two kinds of examples:
+Three kinds of examples:
 - "clips":  {"frames": (T, H, W, 3) uint8 (T varies), "n_frames": int, "source": str,
              "shot_index": int, "clip_index": int}
 - "frames": {"frame": (H, W, 3) uint8, "source": str, "shot_index": int, "frame_index": int}
+- "tokens": {"tokens": (T, h*w) int16 or int32 (a clip's VQ-GAN token grids, flattened row-major),
+             "n_frames": int, "source": str, "shot_index": int, "clip_index": int}
+For "tokens", `frame_shape` is (h*w,) and `dtype` names the integer type.
 
 Writing is atomic: TFDS prepares into a staging folder beside the final one, which is swapped
 in only once every split is complete. A failed write leaves any previous version untouched.
@@ -27,7 +30,9 @@ import tensorflow_datasets as tfds
 
 from ganime_jax.errors import UserError
 
-KINDS = ("clips", "frames")
+KINDS = ("clips", "frames", "tokens")
+SEQUENCE_KINDS = ("clips", "tokens")  # one example per clip, with n_frames
+TOKEN_DTYPES = ("int16", "int32")
 METADATA_FILE = "ganime_metadata.json"
 TFDS_INFO_FILE = "dataset_info.json"
 TFDS_VERSION = "1.0.0"
@@ -39,9 +44,14 @@ BUILD_HINT = (
 _INT_FIELDS = {
     "clips": ("n_frames", "shot_index", "clip_index"),
     "frames": ("shot_index", "frame_index"),
+    "tokens": ("n_frames", "shot_index", "clip_index"),
 }
-_KEY_FIELDS = {"clips": ("shot_index", "clip_index"), "frames": ("shot_index", "frame_index")}
-_ARRAY_FIELD = {"clips": "frames", "frames": "frame"}
+_KEY_FIELDS = {
+    "clips": ("shot_index", "clip_index"),
+    "frames": ("shot_index", "frame_index"),
+    "tokens": ("shot_index", "clip_index"),
+}
+_ARRAY_FIELD = {"clips": "frames", "frames": "frame", "tokens": "tokens"}
 
 
 def dataset_path(data_root: str, name: str) -> pathlib.Path:
@@ -77,9 +87,10 @@ def read_metadata(data_root: str, name: str) -> dict:
 
 
 def dataset_summary(data_root: str, name: str) -> dict[str, Any]:
-    """{"kind", "frame_shape", "splits": {split: {"num_examples", ["n_frames_counts"]}}}.
+    """{"kind", "frame_shape", "dtype", "splits": {split: {"num_examples", ["n_frames_counts"]}}}.
 
-    For clips, `n_frames_counts` maps each clip length (as a string, JSON keys) to its count.
+    For clips and tokens, `n_frames_counts` maps each clip length (as a string, JSON keys) to
+    its count.
     """
     summary = _read_summary(data_root, name)
     return {key: value for key, value in summary.items() if key != "metadata"}
@@ -126,11 +137,13 @@ def open_split(data_root: str, name: str, split: str) -> SplitSource:
     return SplitSource(builder.as_data_source(split=split), name, split)
 
 
-def _features(kind: str, frame_shape: tuple[int, int, int]) -> tfds.features.FeaturesDict:
+def _features(
+    kind: str, frame_shape: tuple[int, ...], dtype: np.dtype
+) -> tfds.features.FeaturesDict:
     # BYTES stores the raw array buffer; TFDS's default would store every pixel as an int64 varint
     # (about 10x slower to write and read). ArrayRecord compresses the records.
-    shape = (None, *frame_shape) if kind == "clips" else tuple(frame_shape)
-    array = tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)
+    shape = (None, *frame_shape) if kind in SEQUENCE_KINDS else tuple(frame_shape)
+    array = tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
     spec = {_ARRAY_FIELD[kind]: array, "source": tfds.features.Text()}
     spec.update({field: tfds.features.Scalar(dtype=np.int64) for field in _INT_FIELDS[kind]})
     return tfds.features.FeaturesDict(spec)
@@ -148,12 +161,18 @@ class _SplitExamples:
     """
 
     def __init__(
-        self, split: str, examples: Iterable[dict], kind: str, frame_shape: tuple[int, ...]
+        self,
+        split: str,
+        examples: Iterable[dict],
+        kind: str,
+        frame_shape: tuple[int, ...],
+        dtype: np.dtype,
     ):
         self.split = split
         self.examples = examples
         self.kind = kind
         self.frame_shape = tuple(frame_shape)
+        self.dtype = np.dtype(dtype)
         self.num_examples = 0
         self.n_frames_counts: collections.Counter[int] = collections.Counter()
         self.error: Exception | None = None
@@ -189,14 +208,17 @@ class _SplitExamples:
                 f"expected {sorted(expected)}"
             )
         array = np.asarray(example[array_field])
-        ndim = 4 if self.kind == "clips" else 3
-        if array.shape[-3:] != self.frame_shape or array.ndim != ndim or array.dtype != np.uint8:
+        sequence = self.kind in SEQUENCE_KINDS
+        ndim = len(self.frame_shape) + int(sequence)
+        frame_dims = array.shape[ndim - len(self.frame_shape) :]
+        shape_ok = array.ndim == ndim and frame_dims == self.frame_shape
+        if not shape_ok or array.dtype != self.dtype:
             raise UserError(
                 f"split {self.split!r}, {example['source']!r}: {array_field} has shape "
-                f"{array.shape} dtype {array.dtype}, expected uint8 frames of shape "
+                f"{array.shape} dtype {array.dtype}, expected {self.dtype} frames of shape "
                 f"{self.frame_shape}; resize the frames or pass the matching frame_shape"
             )
-        if self.kind == "clips":
+        if sequence:
             if array.shape[0] == 0 or int(example["n_frames"]) != array.shape[0]:
                 raise UserError(
                     f"split {self.split!r}, {example['source']!r}: n_frames={example['n_frames']} "
@@ -208,7 +230,7 @@ class _SplitExamples:
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"num_examples": self.num_examples}
-        if self.kind == "clips":
+        if self.kind in SEQUENCE_KINDS:
             counts = sorted(self.n_frames_counts.items())
             stats["n_frames_counts"] = {str(n): count for n, count in counts}
         return stats
@@ -226,19 +248,21 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self,
         *,
         kind: str,
-        frame_shape: tuple[int, int, int],
+        frame_shape: tuple[int, ...],
+        dtype: np.dtype,
         splits: dict[str, _SplitExamples],
         description: str,
         **kwargs,
     ):
         self._kind = kind
         self._frame_shape = tuple(frame_shape)
+        self._dtype = np.dtype(dtype)
         self._splits = splits
         self._description = description
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = _features(self._kind, self._frame_shape)
+        features = _features(self._kind, self._frame_shape, self._dtype)
         return tfds.core.DatasetInfo(
             builder=self, description=self._description, features=features
         )
@@ -267,10 +291,33 @@ class _FramesBuilder(_Builder, skip_registration=True):
     name = "ganime_frames"
 
 
+class _TokensBuilder(_Builder, skip_registration=True):
+    name = "ganime_tokens"
+
+
+_BUILDERS = {"clips": _ClipsBuilder, "frames": _FramesBuilder, "tokens": _TokensBuilder}
+
+
+def _array_dtype(kind: str, dtype: str | None) -> np.dtype:
+    """uint8 for pixels; for tokens the given integer type (int32 when None)."""
+    if kind != "tokens":
+        if dtype not in (None, "uint8"):
+            raise UserError(f"{kind} datasets hold uint8 pixels; got dtype {dtype!r}")
+        return np.dtype(np.uint8)
+    if dtype is None:
+        return np.dtype(np.int32)
+    if np.dtype(dtype).name not in TOKEN_DTYPES:
+        raise UserError(f"token dtype {dtype!r} is not one of {TOKEN_DTYPES}")
+    return np.dtype(dtype)
+
+
 def _validate_write_args(path: pathlib.Path, kind: str, splits: Mapping, frame_shape) -> None:
     if kind not in KINDS:
         raise UserError(f"dataset kind {kind!r} is not one of {KINDS}")
-    if len(tuple(frame_shape)) != 3 or tuple(frame_shape)[-1] != 3:
+    if kind == "tokens":
+        if len(tuple(frame_shape)) != 1 or int(tuple(frame_shape)[0]) < 1:
+            raise UserError(f"frame_shape {tuple(frame_shape)} of tokens must be (h*w,)")
+    elif len(tuple(frame_shape)) != 3 or tuple(frame_shape)[-1] != 3:
         raise UserError(f"frame_shape {tuple(frame_shape)} must be (height, width, 3)")
     if not splits:
         raise UserError(f"no splits given for dataset {path}")
@@ -300,33 +347,35 @@ def write_dataset(
     name: str,
     kind: str,
     splits: Mapping[str, Iterable[dict]],
-    frame_shape: tuple[int, int, int],
+    frame_shape: tuple[int, ...],
     description: str = "",
     metadata: dict | None = None,
+    dtype: str | None = None,
 ) -> pathlib.Path:
     """Writes (or atomically replaces) dataset `name` and returns its folder.
 
     `splits` maps split names to iterables of examples (see the module docstring); they are
     streamed, never held in memory whole. Example keys are "<source>/<shot>/<clip or frame>",
-    which must be unique within a split.
+    which must be unique within a split. `dtype` is for "tokens" ("int16" or "int32").
     """
     path = dataset_path(data_root, name)
     _validate_write_args(path, kind, splits, frame_shape)
+    array_dtype = _array_dtype(kind, dtype)
     try:
         json.dumps(metadata or {})
     except TypeError as error:
         raise UserError(f"metadata for {path} must be JSON-serialisable: {error}") from None
     frame_shape = tuple(int(size) for size in frame_shape)
     split_examples = {
-        split: _SplitExamples(split, examples, kind, frame_shape)
+        split: _SplitExamples(split, examples, kind, frame_shape, array_dtype)
         for split, examples in splits.items()
     }
     staging = path.parent / f".{name}.incomplete-{uuid.uuid4().hex}"
-    builder_cls = _ClipsBuilder if kind == "clips" else _FramesBuilder
     try:
-        builder = builder_cls(
+        builder = _BUILDERS[kind](
             kind=kind,
             frame_shape=frame_shape,
+            dtype=array_dtype,
             splits=split_examples,
             description=description,
             data_dir=str(staging),
@@ -340,6 +389,7 @@ def write_dataset(
         summary = {
             "kind": kind,
             "frame_shape": list(frame_shape),
+            "dtype": array_dtype.name,
             "splits": {split: examples.stats() for split, examples in split_examples.items()},
             "metadata": metadata or {},
         }

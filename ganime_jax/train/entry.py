@@ -10,7 +10,7 @@ from ganime_jax.train import loop, mesh as mesh_lib
 
 def ensure_dataset(data: ml_collections.ConfigDict) -> None:
     """Builds the embedded dataset named by `data.embedded.kind` when it is not there yet."""
-    if not data.embedded.kind:
+    if "embedded" not in data or not data.embedded.kind:
         return
     from data_prep import embedded
     settings = {k: v for k, v in data.embedded.items() if k != "kind"}
@@ -18,19 +18,40 @@ def ensure_dataset(data: ml_collections.ConfigDict) -> None:
                                      height=data.height, width=data.width, **settings)
 
 
-def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> loop.Task:
+def ensure_tokens(config: ml_collections.ConfigDict) -> None:
+    """Stage 2 trains on `{dataset}_tokens`: encodes the clips with the tokenizer if missing."""
+    from data_prep import tokens
+    data = config.data
+    tokens.ensure_token_dataset(data.data_root, data.dataset, config.tokenizer.workdir,
+                                batch_size=data.encode_batch_size,
+                                clips_per_shard=data.encode_clips_per_shard)
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> None:
+    """Builds what the stage reads and is missing (process 0 only)."""
+    ensure_dataset(config.data)
+    if config.stage == "gpt":
+        ensure_tokens(config)
+
+
+def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+              workdir: str | pathlib.Path) -> loop.Task:
     if config.stage == "vqgan":
         from ganime_jax.train.vqgan_task import VQGANTask
         return VQGANTask(config, mesh)
+    if config.stage == "gpt":
+        from ganime_jax.train.gpt_task import GPTTask, check_tokens
+        check_tokens(config)
+        return GPTTask(config, mesh, workdir)
     raise ValueError(f"unknown stage {config.stage!r}")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> loop.LoopResult:
     """Trains (or resumes) the config's stage in `workdir`, then reports held-out figures."""
     if jax.process_index() == 0:
-        ensure_dataset(config.data)
+        prepare_data(config)
     mesh = mesh_lib.make_mesh(config.mesh)
-    task = make_task(config, mesh)
+    task = make_task(config, mesh, workdir)
     result = loop.run(config, workdir, task)
     final = task.evaluate(result.state)
     if jax.process_index() == 0:
@@ -39,6 +60,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> loo
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(path)
-        print(f"trained to step {result.step}; held-out: "
+        print(f"trained {config.stage} to step {result.step}; held-out: "
               + ", ".join(f"{k} {v:.4g}" for k, v in final.items()) + f"; workdir {workdir}")
     return result

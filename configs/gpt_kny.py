@@ -1,0 +1,114 @@
+"""Stage 2 (GPT-2 video transformer), reference setup for 64x128 anime clips.
+
+Follows GANime's KNY run: a gpt2-medium-sized decoder over 1024 VQ-GAN codes, 128 tokens per
+frame (8x16 grid), k=5 context frames, batch 64, AdamW (weight decay 1e-4) with a linear
+warm-up over 15% of the steps from 5e-6 to 1e-4 and cosine decay, 500 epochs of ~28k clips,
+teacher forcing for the first 200 of them, then the model's own predictions as context.
+
+Needs a trained stage-1 workdir and the clips dataset; the token dataset `{dataset}_tokens` is
+built from them on first use (or by `python -m data_prep.tokens ...`):
+
+    python main.py --config=configs/gpt_kny.py --config.tokenizer.workdir=workdirs/vqgan_kny
+"""
+import ml_collections
+
+from ganime_jax.models.gpt import gpt_preset
+
+CLIPS_PER_EPOCH = 28_213
+EPOCHS = 500
+GROUND_TRUTH_EPOCHS = 200
+
+
+def gpt_fields(preset: str, **overrides) -> ml_collections.ConfigDict:
+    """Every GPT2Config field: the preset's sizes, GPT-2's dropout, and compute knobs."""
+    fields = dict(
+        gpt_preset(preset), n_inner=0, layer_norm_epsilon=1e-5, embd_pdrop=0.1, attn_pdrop=0.1,
+        resid_pdrop=0.1, tie_word_embeddings=True, initializer_range=0.02, dtype="float32",
+        param_dtype="float32", remat="", scan_layers=False)
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "gpt"
+    config.seed = 0
+
+    config.tokenizer = ml_collections.ConfigDict()
+    # Required (None until set): the stage-1 (VQ-GAN) workdir whose newest checkpoint tokenises.
+    config.tokenizer.workdir = ml_collections.config_dict.placeholder(str)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.data_root = "datasets"
+    config.data.dataset = "kny"  # trains on {dataset}_tokens; GIFs show {dataset}_clips
+    config.data.train_split = "train"
+    config.data.eval_split = "test"
+    config.data.min_frames = 15
+    config.data.max_frames = 20  # longer clips are cropped to a random 20-frame window
+    config.data.worker_count = 0
+    config.data.worker_buffer_size = 2
+    config.data.read_threads = 4
+    config.data.read_buffer = 64
+    config.data.prefetch = 2
+    # Building {dataset}_tokens when it is missing: frames per encoder batch, clips per shard.
+    config.data.encode_batch_size = 64
+    config.data.encode_clips_per_shard = 128
+
+    config.model = ml_collections.ConfigDict()
+    config.model.gpt = gpt_fields("gpt2-medium", vocab_size=1024, dtype="bfloat16",
+                                  remat="nothing_saveable")
+    config.model.frame_tokens = 128
+    config.model.n_frames_before = 5
+    config.model.max_frames = config.data.get_ref("max_frames")
+    config.model.frame_position_embedding = True
+    config.model.frame_slot_embedding = True
+    # The reference adds the countdown to every position; False leaves it off the last frame,
+    # whose keys/values a sampler can then compute once per clip.
+    config.model.countdown_on_last_frame = True
+    # A local Hugging Face GPT-2 directory (config.json + model.safetensors) to start from, or "".
+    config.model.init_from_hf = ""
+    config.model.init_vocab_policy = "truncate"  # or "reinit" (see convert/hf_gpt2.py)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.lr = 1e-4
+    config.optimizer.init_lr = 5e-6
+    config.optimizer.warmup_fraction = 0.15
+    config.optimizer.schedule = "cosine"
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.grad_clip = 1.0
+    config.optimizer.grad_accum_steps = 8  # micro-batches of 8 clips (8 x 18 sequences of 768)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 64
+    config.train.num_steps = EPOCHS * CLIPS_PER_EPOCH // 64
+    config.train.stop_ground_truth_after_step = (
+        config.train.get_ref("num_steps") * GROUND_TRUTH_EPOCHS // EPOCHS)
+    config.train.log_every = 100
+    config.train.checkpoint_every = 2_000
+    config.train.keep_checkpoints = 3
+    config.train.sample_every = 5_000  # GIFs of held-out clips (0: never)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every = 5_000
+    config.eval.num_batches = 4
+    config.eval.batch_size = 16
+
+    # Generation: --mode=sample and the GIFs written while training.
+    config.sample = ml_collections.ConfigDict()
+    config.sample.method = "top_k"  # "greedy" | "top_k" | "top_p"
+    config.sample.temperature = 1.0
+    config.sample.top_k = 50
+    config.sample.top_p = 0.9
+    config.sample.seed = 0
+    config.sample.num_frames = 20  # default clip length of --mode=sample
+    config.sample.num_clips = 4  # held-out clips in a GIF / grid
+    config.sample.fps = 8  # frame rate of written videos
+    config.sample.output_dir = ""  # "" = <workdir>/samples
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    return config

@@ -1,0 +1,211 @@
+"""Generating the frames between a first and a last frame: one compiled scan over frames.
+
+Only tokens move inside the loop: the first and last frames are encoded once, each scan step
+runs one transformer forward pass (which predicts a whole frame), samples all of that frame's
+tokens in parallel and writes them into the clip, and the generated frames are decoded to
+pixels once at the end. The context of each step follows `ganime_jax.conditioning`, the
+convention training uses.
+
+When the transformer is built with `countdown_on_last_frame=False` the last frame's keys and
+values do not depend on the step; they are then computed once (`prefix_cache`) and every step
+runs the transformer on the context frames only.
+"""
+import functools
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ganime_jax import conditioning
+from ganime_jax.errors import UserError
+from ganime_jax.models.ganime_transformer import GANimeTransformer
+
+METHODS = ("greedy", "top_k", "top_p")
+# Frames per decoder call on CPU: XLA:CPU's convolutions run faster per frame on small batches
+# (reference VQ-GAN on 2 loaded cores: 112 frames took 17 s in one call, 9-13 s in calls of
+# 1 to 14 frames).
+CPU_DECODE_BATCH_SIZE = 2
+
+
+class FrameTokenizer(Protocol):
+    """What generation needs from a frozen tokenizer (`ganime_jax.train.tokenizer.Tokenizer`)."""
+
+    frame_shape: tuple[int, int, int]
+
+    def encode(self, frames: Any) -> jax.Array:
+        """uint8 (B, H, W, 3) -> (B, h*w) int32."""
+
+    def decode(self, tokens: Any) -> jax.Array:
+        """(B, h*w) int -> uint8 (B, H, W, 3)."""
+
+
+def check_sampling(method: str, temperature: float, top_k: int, top_p: float) -> None:
+    """Raises a one-line UserError for sampling settings that cannot work."""
+    if method not in METHODS:
+        raise UserError(f"sampling method {method!r} is unknown; use one of {list(METHODS)}.")
+    if method == "greedy":
+        return
+    if not temperature > 0:
+        raise UserError(f"sampling temperature must be > 0, got {temperature}; use "
+                        "method='greedy' for argmax decoding.")
+    if method == "top_k" and not (isinstance(top_k, (int, np.integer)) and top_k >= 1):
+        raise UserError(f"top_k sampling needs an integer top_k >= 1, got {top_k!r}.")
+    if method == "top_p" and not 0 < top_p <= 1:
+        raise UserError(f"top_p sampling needs 0 < top_p <= 1, got {top_p}.")
+
+
+def check_num_frames(num_frames: int, max_frames: int) -> None:
+    """A clip needs at least 3 frames and at most the model's `max_frames` (its countdown)."""
+    low = conditioning.MIN_CLIP_FRAMES
+    if not isinstance(num_frames, (int, np.integer)) or not low <= num_frames <= max_frames:
+        raise UserError(
+            f"num_frames={num_frames!r} is not supported: this model generates clips of {low} "
+            f"to {max_frames} frames (first and last included); pick a value in that range.")
+
+
+def sample_tokens(logits: jax.Array, rng: jax.Array, *, method: str, temperature: jax.Array,
+                  top_k: int, top_p: jax.Array) -> jax.Array:
+    """Token ids (...,) int32 from logits (..., vocab), every position independently."""
+    if method == "greedy":
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if method == "top_k":
+        candidates, ids = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))
+    else:
+        iota = jnp.broadcast_to(jnp.arange(logits.shape[-1], dtype=jnp.int32), logits.shape)
+        negated, ids = jax.lax.sort((-logits, iota), dimension=logits.ndim - 1, num_keys=1)
+        candidates = -negated
+        probs = jax.nn.softmax(candidates, axis=-1)
+        # Keep the smallest prefix of the sorted tokens whose mass reaches top_p: a token stays
+        # when the mass before it is still below top_p (so the most likely one always stays).
+        before = jnp.cumsum(probs, axis=-1) - probs
+        candidates = jnp.where(before < top_p, candidates, -jnp.inf)
+    choice = jax.random.categorical(rng, candidates, axis=-1)
+    return jnp.take_along_axis(ids, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
+
+
+def _schedule(num_frames: int, n_frames_before: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the generated frames t = 1..T-2: t, context indices (T-2, k), frames remaining."""
+    steps = conditioning.target_frames(num_frames)
+    context = conditioning.context_index_array(num_frames, n_frames_before)
+    remaining = np.asarray(conditioning.remaining_frames(steps, num_frames), np.int32)
+    return steps, context, remaining
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "transformer", "num_frames", "method", "top_k", "reuse_last_frame_kv"))
+def _generate(transformer: GANimeTransformer, params: Any, first_tokens: jax.Array,
+              last_tokens: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, *,
+              num_frames: int, method: str, top_k: int, reuse_last_frame_kv: bool) -> jax.Array:
+    variables = {"params": params}
+    batch, frame_tokens = first_tokens.shape
+    steps, context_index, remaining = _schedule(num_frames, transformer.n_frames_before)
+    clip = jnp.zeros((batch, num_frames, frame_tokens), jnp.int32)
+    clip = clip.at[:, 0].set(first_tokens).at[:, -1].set(last_tokens)
+    use_prefix = reuse_last_frame_kv and not transformer.countdown_on_last_frame
+    prefix_kv = None
+    if use_prefix:
+        prefix_kv = transformer.apply(variables, last_tokens, jnp.full((batch,), remaining[0]),
+                                      method=GANimeTransformer.prefix_cache)
+    sample = functools.partial(sample_tokens, method=method, temperature=temperature,
+                               top_k=top_k, top_p=top_p)
+    example_ids = jnp.arange(batch)
+
+    def step(clip: jax.Array, schedule: tuple[jax.Array, jax.Array, jax.Array]):
+        t, context_t, remaining_t = schedule
+        context = jnp.take(clip, context_t, axis=1)
+        logits = transformer.apply(
+            variables, None if use_prefix else last_tokens, context,
+            jnp.full((batch,), remaining_t), prefix_kv=prefix_kv)
+        # One key per example and step: an example's sample does not depend on the batch.
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, t), example_ids)
+        frame = jax.vmap(sample)(logits, keys)
+        return jax.lax.dynamic_update_index_in_dim(clip, frame, t, axis=1), None
+
+    clip, _ = jax.lax.scan(step, clip, (steps, context_index, remaining))
+    return clip
+
+
+def generate_tokens(transformer: GANimeTransformer, params: Any, first_tokens: jax.Array,
+                    last_tokens: jax.Array, num_frames: int, rng: jax.Array, *,
+                    method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0, reuse_last_frame_kv: bool = True) -> jax.Array:
+    """Tokens (B, num_frames, frame_tokens) int32 of clips from their first and last frames.
+
+    params: the transformer's "params" collection. first_tokens, last_tokens: (B,
+    frame_tokens) int. Frames 1..num_frames-2 are generated in order inside one compiled
+    `lax.scan`; frame 0 and frame num_frames-1 are the given tokens. `method` is "greedy"
+    (argmax), "top_k" or "top_p" (nucleus), the latter two after dividing the logits by
+    `temperature`. `rng` seeds the sampling (unused by greedy). `reuse_last_frame_kv=False`
+    forces the full sequence every step even where the last frame's cache could be reused.
+    Compiled once per transformer, num_frames, method, top_k and input shape.
+    """
+    check_num_frames(num_frames, transformer.max_frames)
+    check_sampling(method, temperature, top_k, top_p)
+    first_tokens, last_tokens = jnp.asarray(first_tokens), jnp.asarray(last_tokens)
+    expected = (first_tokens.shape[0], transformer.frame_tokens)
+    for name, tokens in (("first", first_tokens), ("last", last_tokens)):
+        if tokens.shape != expected or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise UserError(f"{name}-frame tokens of shape {tokens.shape} and dtype "
+                            f"{tokens.dtype} given: expected integers of shape (B, frame_tokens) "
+                            f"= {expected}.")
+    return _generate(transformer, params, first_tokens.astype(jnp.int32),
+                     last_tokens.astype(jnp.int32), rng, jnp.float32(temperature),
+                     jnp.float32(top_p), num_frames=num_frames, method=method,
+                     top_k=int(top_k) if method == "top_k" else 0,
+                     reuse_last_frame_kv=reuse_last_frame_kv)
+
+
+def generate_frames(tokenizer: FrameTokenizer, transformer: GANimeTransformer, params: Any,
+                    first_frames: np.ndarray, last_frames: np.ndarray, num_frames: int,
+                    rng: jax.Array, *, decode_batch_size: int | None = None,
+                    **sampling: Any) -> np.ndarray:
+    """uint8 clips (B, num_frames, H, W, 3) from uint8 first and last frames (B, H, W, 3).
+
+    The two frames are encoded once, the in-between tokens generated by `generate_tokens`
+    (`sampling`: its keyword arguments) and decoded once at the end, all frames of the batch
+    in one call or, with `decode_batch_size`, in calls of that many frames (XLA:CPU runs the
+    decoder's convolutions faster per frame on small batches; see CPU_DECODE_BATCH_SIZE).
+    Frames 0 and num_frames-1 of the output are the given frames themselves, not their
+    reconstructions.
+    """
+    first_frames, last_frames = np.asarray(first_frames), np.asarray(last_frames)
+    expected = tuple(tokenizer.frame_shape)
+    for name, frames in (("first", first_frames), ("last", last_frames)):
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != expected:
+            raise UserError(f"{name} frames of shape {frames.shape} and dtype {frames.dtype} "
+                            f"given: expected uint8 (B, {', '.join(map(str, expected))}).")
+    if first_frames.shape[0] != last_frames.shape[0]:
+        raise UserError(f"{first_frames.shape[0]} first frames but {last_frames.shape[0]} last "
+                        "frames given: pass one last frame per first frame.")
+    check_num_frames(num_frames, transformer.max_frames)
+    batch = first_frames.shape[0]
+    ends = tokenizer.encode(np.concatenate([first_frames, last_frames]))
+    tokens = generate_tokens(transformer, params, ends[:batch], ends[batch:], num_frames, rng,
+                             **sampling)
+    middle = tokens[:, 1:-1].reshape(batch * (num_frames - 2), -1)
+    pixels = decode_in_batches(tokenizer, middle, decode_batch_size)
+    pixels = pixels.reshape(batch, num_frames - 2, *expected)
+    return np.concatenate([first_frames[:, None], pixels, last_frames[:, None]], axis=1)
+
+
+def default_decode_batch_size() -> int | None:
+    """CPU_DECODE_BATCH_SIZE on CPU; every frame in one call on accelerators."""
+    return CPU_DECODE_BATCH_SIZE if jax.default_backend() == "cpu" else None
+
+
+def decode_in_batches(tokenizer: FrameTokenizer, tokens: jax.Array,
+                      batch_size: int | None) -> np.ndarray:
+    """uint8 frames of tokens (N, hw), decoded `batch_size` at a time (None: all at once).
+
+    The last batch is padded to the full size, so one compilation serves every call.
+    """
+    count = tokens.shape[0]
+    if batch_size is None or batch_size >= count:
+        return np.asarray(tokenizer.decode(tokens))
+    padded = -(-count // batch_size) * batch_size
+    tokens = jnp.pad(tokens, ((0, padded - count), (0, 0)))
+    # Every call is dispatched before the first result is waited for.
+    decoded = [tokenizer.decode(tokens[i:i + batch_size]) for i in range(0, padded, batch_size)]
+    return np.concatenate([np.asarray(frames) for frames in decoded])[:count]

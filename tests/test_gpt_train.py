@@ -1,0 +1,340 @@
+"""Stage-2 training: the parallel objective against per-frame loops, masks, accumulation,
+sharding, HF initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from configs import gpt_demo, gpt_kny, gpt_tiny
+from ganime_jax import conditioning, config_check
+from ganime_jax.errors import UserError
+from ganime_jax.train import gpt_step, mesh as mesh_lib
+from ganime_jax.train.gpt_task import GPTTask, SampleWriter, build_fns, check_config
+from ganime_jax.train.summary import MetricWriter, read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+N_FRAMES = np.array([8, 5, 3, 7, 8, 4, 6, 8], np.int32)  # one clip per fake device
+
+
+def _config(**optimizer) -> ml_collections.ConfigDict:
+    config = gpt_tiny.get_config()
+    config.tokenizer.workdir = "unused"
+    config.model.gpt.update(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    config.optimizer.update(optimizer)
+    return config
+
+
+def _mesh(data: int, fsdp: int):
+    devices = jax.devices()[:data * fsdp]
+    return mesh_lib.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}), devices)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Model, parameters and a padded batch of clips of different lengths."""
+    config = _config()
+    fns = build_fns(config)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.model.gpt.vocab_size,
+                          (len(N_FRAMES), config.data.max_frames, config.model.frame_tokens))
+    for clip, n in zip(tokens, N_FRAMES):
+        clip[n:] = 0
+    params = jax.jit(lambda r: nn.unbox(gpt_step.init_state(r, fns)))(jax.random.key(0)).params
+    return config, fns.model, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(N_FRAMES)
+
+
+def _mean(sums: gpt_step.Sums) -> tuple[float, float]:
+    return float(sums.loss / sums.count), float(sums.correct / sums.count)
+
+
+def test_conditioning_convention():
+    assert conditioning.context_indices(1, 3) == [0, 0, 0]
+    assert conditioning.context_indices(5, 3) == [2, 3, 4]
+    assert conditioning.remaining_frames(3, 5) == 1
+    tokens = jnp.arange(2 * 6).reshape(2, 6, 1)
+    tf = conditioning.teacher_forcing_inputs(tokens, jnp.array([6, 4]), 2)
+    np.testing.assert_array_equal(tf.last[:, 0], [5, 9])
+    np.testing.assert_array_equal(tf.context[1, :, :, 0], [[6, 6], [6, 7], [7, 8], [8, 9]])
+    np.testing.assert_array_equal(tf.remaining, [[4, 3, 2, 1], [2, 1, 0, 0]])
+    np.testing.assert_array_equal(tf.valid, [[1, 1, 1, 1], [1, 1, 0, 0]])
+    context = conditioning.push_frame(conditioning.initial_context(tokens[:, 0], 2), tokens[:, 1])
+    np.testing.assert_array_equal(context[:, :, 0], [[0, 1], [6, 7]])
+
+
+def test_teacher_forced_loss_equals_a_per_frame_loop(setup):
+    config, model, params, tokens, n_frames = setup
+    sums = jax.jit(gpt_step.teacher_forced_sums, static_argnums=(0, 5))(
+        model, params, tokens, n_frames, jax.random.key(0), False)
+    apply = jax.jit(model.apply)
+    k = config.model.n_frames_before
+    losses, correct = [], []
+    for clip, n in zip(np.asarray(tokens), N_FRAMES):
+        for t in range(1, n - 1):
+            context = clip[conditioning.context_indices(t, k)][None]
+            logits = apply({"params": params}, clip[n - 1][None], context,
+                           jnp.array([conditioning.remaining_frames(t, n)]))[0]
+            log_probs = jax.nn.log_softmax(logits)
+            losses.extend(-np.take_along_axis(np.asarray(log_probs), clip[t][:, None], 1)[:, 0])
+            correct.extend(np.argmax(logits, -1) == clip[t])
+    assert float(sums.count) == len(losses)
+    np.testing.assert_allclose(_mean(sums), (np.mean(losses), np.mean(correct)), rtol=1e-5)
+
+
+def _own_prediction_loop(model, params, tokens, n_frames, k):
+    """The second phase written frame by frame in Python: argmax frames become the context."""
+    context = jnp.repeat(tokens[:, :1], k, axis=1)
+    last = tokens[jnp.arange(len(n_frames)), n_frames - 1]
+    loss = correct = count = 0.0
+    for t in range(1, tokens.shape[1] - 1):
+        valid = (t <= n_frames - 2).astype(jnp.float32)[:, None]
+        logits = model.apply({"params": params}, last, context, jnp.maximum(n_frames - 1 - t, 0))
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, t, :, None], -1)[..., 0]
+        prediction = jnp.argmax(logits, -1)
+        loss += jnp.sum(ce * valid)
+        correct += jnp.sum((prediction == tokens[:, t]) * valid)
+        count += jnp.sum(valid) * tokens.shape[-1]
+        context = jnp.concatenate([context[:, 1:], jax.lax.stop_gradient(prediction)[:, None]], 1)
+    return loss / count, correct / count
+
+
+def test_own_prediction_scan_equals_a_frame_by_frame_loop(setup):
+    config, model, params, tokens, n_frames = setup
+    k = config.model.n_frames_before
+
+    def scan_loss(p):
+        sums = gpt_step.own_prediction_sums(model, p, tokens, n_frames, jax.random.key(0), False)
+        return sums.loss / sums.count, sums.correct / sums.count
+
+    (loss, accuracy), grads = jax.jit(jax.value_and_grad(scan_loss, has_aux=True))(params)
+    (ref_loss, ref_accuracy), ref_grads = jax.jit(jax.value_and_grad(
+        lambda p: _own_prediction_loop(model, p, tokens, n_frames, k), has_aux=True))(params)
+    np.testing.assert_allclose((loss, accuracy), (ref_loss, ref_accuracy), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("own_predictions", [False, True])
+def test_padded_frames_contribute_nothing(setup, own_predictions):
+    _, model, params, tokens, n_frames = setup
+    sums_fn = gpt_step.objective(own_predictions)
+
+    @jax.jit
+    def loss_and_grads(batch_tokens):
+        def loss(p):
+            sums = sums_fn(model, p, batch_tokens, n_frames, jax.random.key(0), False)
+            return sums.loss / sums.count
+        return jax.value_and_grad(loss)(params)
+
+    padding = np.arange(tokens.shape[1])[None, :] >= N_FRAMES[:, None]
+    noise = np.random.default_rng(1).integers(1, 32, tokens.shape)
+    changed = jnp.where(padding[..., None], noise, tokens)
+    assert not np.array_equal(changed, tokens)
+    loss, grads = loss_and_grads(tokens)
+    changed_loss, changed_grads = loss_and_grads(changed)
+    np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(changed_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def _train(config, mesh, tokens, n_frames, steps: list[int]):
+    """Runs GPTTask.train_step on one batch at the given host step numbers."""
+    task = GPTTask(config, mesh)
+    state = task.init_state(jax.random.key(0))
+    batch = {"tokens": jax.device_put(tokens, task.batch_shardings["tokens"]),
+             "n_frames": jax.device_put(n_frames, task.batch_shardings["n_frames"])}
+    params, history = [], []
+    for step in steps:
+        state, metrics = task.train_step(state, batch, jax.random.key(step), step)
+        params.append(jax.device_get(state.params))
+        history.append(jax.device_get(metrics))
+    return params, history, task, state
+
+
+def _linear_config(**optimizer) -> ml_collections.ConfigDict:
+    """A large Adam eps makes the update linear in the gradient (see test_vqgan_train.py), so
+    the rounding noise of gradients that are zero in theory cannot turn into full steps; with
+    lr=1 and many planned steps (a flat schedule) it is plain gradient descent."""
+    config = _config(eps=1.0, lr=1.0, init_lr=1.0, **optimizer)
+    config.train.num_steps = 1000
+    return config
+
+
+@pytest.fixture(scope="module")
+def one_device(setup):
+    """Parameters and metrics after a teacher-forced step, then an own-prediction step, and
+    the task and state to go on from."""
+    config = _linear_config()
+    steps = [0, config.train.stop_ground_truth_after_step]
+    params, history, task, state = _train(config, _mesh(1, 1), setup[3], setup[4], steps)
+    return steps, params, history, task, state
+
+
+def _assert_same_training(a, b, keys=("loss", "accuracy", "grad_norm", "own_predictions")):
+    (params_a, history_a), (params_b, history_b) = a, b
+    assert len(history_a) == len(history_b)
+    for metrics_a, metrics_b in zip(history_a, history_b):
+        for key in keys:
+            np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-5, err_msg=key)
+    for leaf_a, leaf_b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(leaf_a, leaf_b, rtol=1e-4, atol=1e-6)
+
+
+def test_sharded_step_equals_one_device_step(setup, one_device):
+    steps, params, history, _, _ = one_device
+    assert [h["own_predictions"] for h in history] == [0.0, 1.0]
+    config = _linear_config()
+    sharded_params, sharded_history, _, state = _train(config, _mesh(4, 2), setup[3], setup[4],
+                                                       steps)
+    wte = state.params["lm"]["wte"]
+    assert wte.sharding.shard_shape(wte.shape) == (32, 16)  # "embed" split over fsdp=2
+    _assert_same_training((params, history), (sharded_params, sharded_history))
+
+
+def test_gradient_accumulation_equals_one_batch(setup, one_device):
+    steps, params, history, _, _ = one_device
+    config = _linear_config(grad_accum_steps=2)
+    accumulated, accumulated_history, _, _ = _train(config, _mesh(1, 1), setup[3], setup[4],
+                                                    steps[:1])
+    _assert_same_training((params[:1], history[:1]), (accumulated, accumulated_history))
+
+
+def test_steps_reduce_the_loss(setup, one_device):
+    *_, task, state = one_device
+    tokens = np.random.default_rng(2).integers(0, 4, setup[3].shape)  # 4 of the 32 codes
+    batch = {"tokens": jax.device_put(tokens, task.batch_shardings["tokens"]),
+             "n_frames": jax.device_put(setup[4], task.batch_shardings["n_frames"])}
+    losses = []
+    for i in range(8):
+        state, metrics = task.train_step(state, batch, jax.random.key(i), 0)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.7 * losses[0] and np.all(np.isfinite(losses))
+
+
+def _save_hf_gpt2(directory: pathlib.Path, vocab: int, positions: int, width: int, layers: int,
+                  heads: int) -> dict[str, np.ndarray]:
+    """A random GPT-2 in Hugging Face's layout (Conv1D weights are (in, out)); returns it."""
+    rng = np.random.default_rng(3)
+    shapes = {"wte.weight": (vocab, width), "wpe.weight": (positions, width),
+              "ln_f.weight": (width,), "ln_f.bias": (width,)}
+    for i in range(layers):
+        shapes.update({f"h.{i}.{name}": shape for name, shape in {
+            "ln_1.weight": (width,), "ln_1.bias": (width,), "ln_2.weight": (width,),
+            "ln_2.bias": (width,), "attn.c_attn.weight": (width, 3 * width),
+            "attn.c_attn.bias": (3 * width,), "attn.c_proj.weight": (width, width),
+            "attn.c_proj.bias": (width,), "mlp.c_fc.weight": (width, 4 * width),
+            "mlp.c_fc.bias": (4 * width,), "mlp.c_proj.weight": (4 * width, width),
+            "mlp.c_proj.bias": (width,)}.items()})
+    tensors = {f"transformer.{k}": rng.normal(size=v).astype(np.float32) for k, v in shapes.items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(dict(
+        model_type="gpt2", vocab_size=vocab, n_positions=positions, n_embd=width,
+        n_layer=layers, n_head=heads)))
+    return tensors
+
+
+def test_init_from_local_hf_gpt2(tmp_path):
+    config = _config()
+    gpt = config.model.gpt
+    tensors = _save_hf_gpt2(tmp_path, 50, 128, gpt.n_embd, gpt.n_layer, gpt.n_head)
+    config.model.init_from_hf = str(tmp_path)
+    task = GPTTask(config, _mesh(1, 1))
+    lm = jax.device_get(task.init_state(jax.random.key(0)).params["lm"])
+    np.testing.assert_array_equal(lm["wte"], tensors["transformer.wte.weight"][:32])
+    np.testing.assert_array_equal(lm["wpe"], tensors["transformer.wpe.weight"][:96])
+    np.testing.assert_array_equal(lm["h_1"]["mlp"]["c_fc"]["kernel"],
+                                  tensors["transformer.h.1.mlp.c_fc.weight"])
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf_config, "layer_norm_epsilon": 1e-6}))
+    with pytest.raises(UserError, match="layer_norm_epsilon"):
+        task.init_state(jax.random.key(0))
+
+
+def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs, tmp_path):
+    config, model, params, _, _ = setup
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.data_root = stage1_workdirs["data_root"]
+    config.tokenizer.workdir = stage1_workdirs["workdir"]
+    writer = MetricWriter(tmp_path)
+    SampleWriter(config, _mesh(1, 1), model, tmp_path).write(params, 3, writer)
+    writer.close()
+    frames = iio.imread(tmp_path / "samples" / "train_step_00000003.gif")
+    num_clips, num_frames = config.sample.num_clips, config.sample.num_frames
+    assert frames.shape[0] == num_frames
+    assert frames.shape[1:3] == (3 * (16 + 4), num_clips * (32 + 4))  # rows: generated,
+    # reconstructed, ground truth; each image padded by 2 pixels on every side
+
+
+def test_configs_are_complete_and_checked():
+    reference = gpt_kny.get_config()
+    for module in (gpt_tiny, gpt_demo):
+        config = module.get_config()
+        config.tokenizer.workdir = "w"
+        config_check.check_fields(config, reference, "configs/gpt_kny.py")
+        build_fns(config)
+    config = _config()
+    config.data.min_frames = 2
+    with pytest.raises(UserError, match="min_frames"):
+        check_config(config, _mesh(1, 1))
+    config = _config(grad_accum_steps=3)
+    with pytest.raises(UserError, match="grad_accum_steps"):
+        check_config(config, _mesh(1, 1))
+
+
+def _train_command(workdir: pathlib.Path, data_root: pathlib.Path, tokenizer: str) -> list[str]:
+    return [sys.executable, str(REPO / "main.py"), "--config=configs/gpt_tiny.py",
+            f"--workdir={workdir}", f"--config.data.data_root={data_root}",
+            f"--config.tokenizer.workdir={tokenizer}", "--config.train.sample_every=0",
+            "--config.eval.every=1000"]
+
+
+def test_killed_run_resumes_with_identical_losses(stage1_workdirs, tmp_path):
+    data_root = tmp_path / "datasets"
+    data_root.mkdir()
+    (data_root / "tiny_anime_clips").symlink_to(
+        pathlib.Path(stage1_workdirs["data_root"]) / "tiny_anime_clips")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_FLAGS": ""}
+    num_steps = gpt_tiny.get_config().train.num_steps
+    tokenizer = stage1_workdirs["workdir"]
+    reference = subprocess.run(_train_command(tmp_path / "ref", data_root, tokenizer), cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "trained gpt to step" in reference.stdout
+
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(workdir, data_root, tokenizer), cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+        assert process.poll() is None, "the run ended before writing a checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_steps = sorted(read_metrics(workdir))
+    assert killed_steps and killed_steps[-1] < num_steps, "the run was not interrupted"
+
+    resumed = subprocess.run(_train_command(workdir, data_root, tokenizer), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint of step" in resumed.stdout
+    expected, got = read_metrics(tmp_path / "ref"), read_metrics(workdir)
+    assert sorted(got) == list(range(1, num_steps + 1))
+    assert [expected[s]["own_predictions"] for s in (1, num_steps)] == [0.0, 1.0]
+    for step in range(1, num_steps + 1):
+        for key in ("loss", "accuracy", "grad_norm"):
+            np.testing.assert_allclose(got[step][key], expected[step][key], rtol=1e-6,
+                                       err_msg=f"step {step} {key}")
