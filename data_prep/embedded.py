@@ -121,11 +121,13 @@ def build_moving_mnist(
     metadata = {"builder": "moving_mnist", "settings": settings_args, "summary": counts}
     frame_shape = (size, size, 3)
     tfds_io.write_dataset(
-        data_root, f"{name}_frames", "frames", {s: frame_examples(s) for s in SPLITS}, frame_shape,
+        data_root, tfds_io.variant_name(name, "frames"), "frames",
+        {s: frame_examples(s) for s in SPLITS}, frame_shape,
         description="Frames of Moving MNIST clips.", metadata=metadata,
     )
     tfds_io.write_dataset(
-        data_root, f"{name}_clips", "clips", {s: clip_examples(s) for s in SPLITS}, frame_shape,
+        data_root, tfds_io.variant_name(name, "clips"), "clips",
+        {s: clip_examples(s) for s in SPLITS}, frame_shape,
         description=f"Moving MNIST clips of {num_frames} frames.", metadata=metadata,
     )
     return counts
@@ -163,7 +165,7 @@ def ensure_embedded_dataset(data_root: str, name: str, kind: str, **settings) ->
     if kind not in BUILDERS:
         raise UserError(f"unknown embedded dataset {kind!r}; choose one of {sorted(BUILDERS)}.")
     settings = _builder_settings(kind, settings)
-    names = [f"{name}_frames", f"{name}_clips"]
+    names = [tfds_io.variant_name(name, "frames"), tfds_io.variant_name(name, "clips")]
     if all(tfds_io.dataset_exists(data_root, n) for n in names):
         stored = tfds_io.read_metadata(data_root, names[1])
         built = stored.get("settings", {})

@@ -38,14 +38,6 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_CLIPS_PER_SHARD = 128
 
 
-def clips_name(dataset: str) -> str:
-    return f"{dataset}_clips"
-
-
-def tokens_name(dataset: str) -> str:
-    return f"{dataset}_tokens"
-
-
 def token_dtype(num_embeddings: int) -> str:
     return "int16" if num_embeddings <= INT16_MAX_CODES else "int32"
 
@@ -144,7 +136,7 @@ def build_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | p
 
     Frame batches of `batch_size` are split over `mesh` (default: every local device).
     """
-    source_name = clips_name(dataset)
+    source_name = tfds_io.variant_name(dataset, "clips")
     summary = tfds_io.dataset_summary(data_root, source_name)
     if summary["kind"] != "clips":
         raise UserError(f"{tfds_io.dataset_path(data_root, source_name)} holds "
@@ -161,7 +153,7 @@ def build_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | p
             f"the clips of {source_name} are {tuple(summary['frame_shape'])} but the tokenizer "
             f"in {tokenizer_workdir} takes {tokenizer.frame_shape} frames; use a matching pair.")
     info = tokenizer_metadata(tokenizer)
-    name = tokens_name(dataset)
+    name = tfds_io.variant_name(dataset, "tokens")
     staging = pathlib.Path(data_root) / f".{name}.staging"
     splits = tfds_io.split_names(data_root, source_name)
     _prepare_staging(staging, {"tokenizer": info["fingerprint"], "clips": summary,
@@ -185,7 +177,7 @@ def build_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | p
 def ensure_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | pathlib.Path,
                          **build_kwargs) -> pathlib.Path:
     """Builds `{dataset}_tokens` unless it exists; an existing one must match the tokenizer."""
-    name = tokens_name(dataset)
+    name = tfds_io.variant_name(dataset, "tokens")
     if not tfds_io.dataset_exists(data_root, name):
         return build_token_dataset(data_root, dataset, tokenizer_workdir, **build_kwargs)
     stored = tfds_io.read_metadata(data_root, name).get("tokenizer", {})
@@ -226,7 +218,8 @@ def main(argv: Sequence[str]) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {path}: {tfds_io.dataset_summary(FLAGS.data_root, tokens_name(FLAGS.dataset))}")
+    name = tfds_io.variant_name(FLAGS.dataset, "tokens")
+    print(f"wrote {path}: {tfds_io.dataset_summary(FLAGS.data_root, name)}")
 
 
 if __name__ == "__main__":

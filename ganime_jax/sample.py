@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from data_prep.tokens import clips_name
 from ganime_jax import generation
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
@@ -154,7 +153,7 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
     """uint8 (<= count, num_frames, H, W, 3): the opening frames of the first held-out clips
     that are long enough."""
     root, split = config.data.data_root, config.data.eval_split
-    name = clips_name(config.data.dataset)
+    name = tfds_io.variant_name(config.data.dataset, "clips")
     source = tfds_io.open_split(root, name, split)
     counts = tfds_io.dataset_summary(root, name)["splits"][split]["n_frames_counts"]
     longest = max((int(n) for n in counts), default=0)

@@ -23,7 +23,7 @@ ENCODE_BATCH, CLIPS_PER_SHARD = 16, 2
 def _root_with_clips(stage1: dict, root: pathlib.Path) -> str:
     """A fresh data root that shares the session's clips dataset (tokens get written here)."""
     root.mkdir(parents=True, exist_ok=True)
-    name = tokens_prep.clips_name(DATASET)
+    name = tfds_io.variant_name(DATASET, "clips")
     (root / name).symlink_to(pathlib.Path(stage1["data_root"]) / name)
     return str(root)
 
@@ -56,7 +56,7 @@ def test_missing_tokenizer_errors(tmp_path):
 
 
 def test_encode_decode_match_the_vqgan(tokenizer, stage1_workdirs):
-    frames = _records(stage1_workdirs["data_root"], tokens_prep.clips_name(DATASET),
+    frames = _records(stage1_workdirs["data_root"], tfds_io.variant_name(DATASET, "clips"),
                       "train")[0]["frames"]
     tokens = np.asarray(tokenizer.encode(frames))
     assert tokens.shape == (len(frames), 32) and tokens.dtype == np.int32
@@ -79,7 +79,7 @@ def test_encode_decode_match_the_vqgan(tokenizer, stage1_workdirs):
 
 
 def test_token_dataset_equals_direct_encoding(built, tokenizer, stage1_workdirs):
-    clips_name, name = tokens_prep.clips_name(DATASET), tokens_prep.tokens_name(DATASET)
+    clips_name, name = tfds_io.variant_name(DATASET, "clips"), tfds_io.variant_name(DATASET, "tokens")
     summary = tfds_io.dataset_summary(built, name)
     assert summary["kind"] == "tokens" and summary["dtype"] == "int16"
     assert tfds_io.read_metadata(built, name)["tokenizer"]["fingerprint"] == tokenizer.fingerprint()
@@ -100,7 +100,7 @@ def test_token_dataset_equals_direct_encoding(built, tokenizer, stage1_workdirs)
 
 def test_interrupted_build_resumes_from_its_shards(stage1_workdirs, built, tmp_path, monkeypatch):
     root = _root_with_clips(stage1_workdirs, tmp_path / "datasets")
-    name = tokens_prep.tokens_name(DATASET)
+    name = tfds_io.variant_name(DATASET, "tokens")
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing")
@@ -141,14 +141,14 @@ def test_command_line_builds_the_same_dataset(stage1_workdirs, built, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "XLA_FLAGS": ""})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote" in result.stdout
-    name = tokens_prep.tokens_name(DATASET)
+    name = tfds_io.variant_name(DATASET, "tokens")
     for a, b in zip(_records(root, name, "train"), _records(built, name, "train")):
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
 
 
 def test_tokens_loader_crops_and_pads(built):
     max_frames = 7
-    name = tokens_prep.tokens_name(DATASET)
+    name = tfds_io.variant_name(DATASET, "tokens")
     records = [r["tokens"] for r in _records(built, name, "train")]
     loader = pipeline.tokens_loader(built, name, "train", global_batch_size=len(records), seed=0,
                                     max_frames=max_frames, min_frames=4, shuffle=False,

@@ -54,6 +54,13 @@ _KEY_FIELDS = {
 _ARRAY_FIELD = {"clips": "frames", "frames": "frame", "tokens": "tokens"}
 
 
+def variant_name(dataset: str, kind: str) -> str:
+    """The name of dataset `dataset`'s variant of `kind` (e.g. `kny_clips`): one per kind."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return f"{dataset}_{kind}"
+
+
 def dataset_path(data_root: str, name: str) -> pathlib.Path:
     """The folder of dataset `name` under `data_root`."""
     if not name or name != pathlib.Path(name).name or name.startswith("."):

@@ -14,7 +14,6 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from data_prep.tokens import clips_name, tokens_name
 from ganime_jax import conditioning, generation
 from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.data import pipeline, tfds_io
@@ -78,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 def check_tokens(config: ml_collections.ConfigDict) -> None:
     """The token dataset must fit the model: frame size and vocabulary."""
     data, model = config.data, config.model
-    name = tokens_name(data.dataset)
+    name = tfds_io.variant_name(data.dataset, "tokens")
     summary = tfds_io.dataset_summary(data.data_root, name)
     path = tfds_io.dataset_path(data.data_root, name)
     if summary["kind"] != "tokens":
@@ -170,7 +169,8 @@ class GPTTask:
     def _loader(self, split: str, batch_size: int, shuffle: bool, num_epochs: int | None = None):
         data = self.config.data
         return pipeline.tokens_loader(
-            data.data_root, tokens_name(data.dataset), split, global_batch_size=batch_size,
+            data.data_root, tfds_io.variant_name(data.dataset, "tokens"), split,
+            global_batch_size=batch_size,
             seed=self.config.seed, max_frames=data.max_frames, min_frames=data.min_frames,
             shuffle=shuffle, num_epochs=num_epochs, worker_count=data.worker_count,
             worker_buffer_size=data.worker_buffer_size, read_threads=data.read_threads,
@@ -205,13 +205,13 @@ class GPTTask:
         which the masks ignore) to whole batches."""
         if self._eval_batches is None:
             cfg = self.config
-            source = tfds_io.open_split(cfg.data.data_root, tokens_name(cfg.data.dataset),
-                                        cfg.data.eval_split)
+            name = tfds_io.variant_name(cfg.data.dataset, "tokens")
+            source = tfds_io.open_split(cfg.data.data_root, name, cfg.data.eval_split)
             records = first_records(source, lambda r: r["n_frames"] >= cfg.data.min_frames,
                                     cfg.eval.num_batches * cfg.eval.batch_size)
             clips = [r["tokens"][:cfg.data.max_frames] for r in records]
             if not clips:
-                raise UserError(f"no clip of {tokens_name(cfg.data.dataset)} split "
+                raise UserError(f"no clip of {name} split "
                                 f"{cfg.data.eval_split!r} has min_frames={cfg.data.min_frames} "
                                 "frames to evaluate on.")
             size = -(-len(clips) // cfg.eval.batch_size) * cfg.eval.batch_size
@@ -267,7 +267,7 @@ class SampleWriter:
         """uint8 (N, num_frames, H, W, 3): the first eval clips long enough, or None."""
         if self._clips is None:
             cfg = self.config
-            name, length = clips_name(cfg.data.dataset), cfg.sample.num_frames
+            name, length = tfds_io.variant_name(cfg.data.dataset, "clips"), cfg.sample.num_frames
             if not tfds_io.dataset_exists(cfg.data.data_root, name):
                 logging.warning("no %s in %s: no sample GIFs", name, cfg.data.data_root)
                 return None

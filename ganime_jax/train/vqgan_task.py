@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganime_jax.data import pipeline
+from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
@@ -81,7 +81,8 @@ class VQGANTask:
     def _loader(self, split: str, batch_size: int, seed: int, shuffle: bool, num_epochs=None):
         data = self.config.data
         return pipeline.frames_loader(
-            data.data_root, f"{data.dataset}_frames", split, global_batch_size=batch_size,
+            data.data_root, tfds_io.variant_name(data.dataset, "frames"), split,
+            global_batch_size=batch_size,
             seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=data.worker_count,
             worker_buffer_size=data.worker_buffer_size, read_threads=data.read_threads,
             read_buffer=data.read_buffer)
