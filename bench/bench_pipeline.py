@@ -91,12 +91,14 @@ def main() -> None:
         result["stored_mb"] = round(sum(
             os.path.getsize(os.path.join(folder, name))
             for folder, _, names in os.walk(root) for name in names) / 1e6, 1)
-        common = dict(global_batch_size=args.batch, seed=0, shard_index=0, shard_count=1)
         for workers in (int(count) for count in args.worker_counts.split(",")):
-            frames = pipeline.frames_loader(root, "frames", "train", worker_count=workers, **common)
-            clips = pipeline.clips_loader(root, "clips", "train", worker_count=workers,
+            options = pipeline.LoaderOptions(seed=0, worker_count=workers, shard_index=0,
+                                             shard_count=1)
+            frames = pipeline.frames_loader(root, "frames", "train", global_batch_size=args.batch,
+                                            options=options)
+            clips = pipeline.clips_loader(root, "clips", "train", global_batch_size=args.batch,
                                           max_frames=args.max_frames, min_frames=MIN_CLIP_FRAMES,
-                                          **common)
+                                          options=options)
             result[f"frames_loader_workers{workers}"] = _rate(frames, args.seconds)
             result[f"clips_loader_workers{workers}"] = _rate(clips, args.seconds)
     print(json.dumps(result))

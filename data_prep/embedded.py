@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from data_prep.staged_clips import COUNT_KEYS, ClipCutter, ClipSettings, write_s
 from ganime_jax.data import tfds_io
 from ganime_jax.data.moving_mnist import load_mnist_digits, render_moving_mnist_clip
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
-from ganime_jax.errors import UserError
+from ganime_jax.errors import UserError, exit_on_user_error
 
 SPLITS = ("train", "test")
 
@@ -225,11 +224,8 @@ def main(argv: Sequence[str]) -> None:
     builder = BUILDERS[FLAGS.dataset]
     params = set(inspect.signature(builder).parameters) - {"data_root", "name"}
     settings = {p: FLAGS[p].value for p in params}
-    try:
+    with exit_on_user_error():
         counts = builder(FLAGS.data_root, FLAGS.name or FLAGS.dataset, **settings)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"built {FLAGS.name or FLAGS.dataset} in {FLAGS.data_root}: {counts}")
 
 

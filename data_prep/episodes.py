@@ -15,7 +15,6 @@ import glob
 import multiprocessing
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from data_prep.episode_file import StageResult, stage_file
 from data_prep.staged_clips import COUNT_KEYS, ClipSettings, FileClips, write_staged_datasets
 from ganime_jax.data import clip_ops, tfds_io
 from ganime_jax.data.shot_detection import DEFAULT_THRESHOLD
-from ganime_jax.errors import UserError
+from ganime_jax.errors import UserError, exit_on_user_error
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 
@@ -219,11 +218,8 @@ def main(argv: Sequence[str]) -> None:
         min_scene_len=FLAGS.min_scene_len,
     )
     settings = PrepSettings(clip=clip, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, workers=FLAGS.workers)
-    try:
+    with exit_on_user_error():
         summary = prepare_episodes(FLAGS.input, FLAGS.data_root, FLAGS.name, settings)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(summary.format())
 
 

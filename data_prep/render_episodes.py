@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
 from ganime_jax.data.video_io import VideoWriter, sibling_temp_path
-from ganime_jax.errors import UserError
+from ganime_jax.errors import UserError, exit_on_user_error
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -101,7 +100,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    try:
+    with exit_on_user_error():
         if f.output_dir is None:
             raise UserError("--output_dir is required: the folder to write the episodes to")
         if not f.minutes > 0 or not f.fps > 0:
@@ -110,9 +109,6 @@ def main(argv: list[str]) -> None:
         num_frames = round(f.minutes * 60 * f.fps)
         render_episodes(f.output_dir, f.num_episodes, num_frames, f.seed, config, f.fps,
                         f.min_drawings, f.max_drawings, f.quality, f.suffix)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import json
 import math
 import pathlib
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -28,7 +27,7 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from ganime_jax.data import tfds_io
-from ganime_jax.errors import UserError
+from ganime_jax.errors import UserError, exit_on_user_error
 from ganime_jax.train import mesh as mesh_lib
 from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
 
@@ -211,13 +210,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if not FLAGS.tokenizer_workdir or not FLAGS.dataset:
         raise app.UsageError("--tokenizer_workdir and --dataset are required.")
-    try:
+    with exit_on_user_error():
         path = build_token_dataset(FLAGS.data_root, FLAGS.dataset, FLAGS.tokenizer_workdir,
                                    batch_size=FLAGS.batch_size,
                                    clips_per_shard=FLAGS.clips_per_shard)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     name = tfds_io.variant_name(FLAGS.dataset, "tokens")
     print(f"wrote {path}: {tfds_io.dataset_summary(FLAGS.data_root, name)}")
 

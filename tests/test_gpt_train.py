@@ -1,12 +1,7 @@
 """Stage-2 training: the parallel objective against per-frame loops, masks, accumulation,
 sharding, HF initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import flax.linen as nn
 import imageio.v3 as iio
@@ -22,9 +17,9 @@ from ganime_jax import conditioning, config_check
 from ganime_jax.errors import UserError
 from ganime_jax.train import gpt_step, mesh as mesh_lib
 from ganime_jax.train.gpt_task import GPTTask, SampleWriter, build_fns, check_config
-from ganime_jax.train.summary import MetricWriter, read_metrics
+from ganime_jax.train.summary import MetricWriter
+from resume_helpers import check_killed_run_resumes, main_command
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 N_FRAMES = np.array([8, 5, 3, 7, 8, 4, 6, 8], np.int32)  # one clip per fake device
 
 
@@ -293,48 +288,18 @@ def test_configs_are_complete_and_checked():
         check_config(config, _mesh(1, 1))
 
 
-def _train_command(workdir: pathlib.Path, data_root: pathlib.Path, tokenizer: str) -> list[str]:
-    return [sys.executable, str(REPO / "main.py"), "--config=configs/gpt_tiny.py",
-            f"--workdir={workdir}", f"--config.data.data_root={data_root}",
-            f"--config.tokenizer.workdir={tokenizer}", "--config.train.sample_every=0",
-            "--config.eval.every=1000"]
-
-
 def test_killed_run_resumes_with_identical_losses(stage1_workdirs, tmp_path):
     data_root = tmp_path / "datasets"
     data_root.mkdir()
     (data_root / "tiny_anime_clips").symlink_to(
         pathlib.Path(stage1_workdirs["data_root"]) / "tiny_anime_clips")
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_FLAGS": ""}
     num_steps = gpt_tiny.get_config().train.num_steps
-    tokenizer = stage1_workdirs["workdir"]
-    reference = subprocess.run(_train_command(tmp_path / "ref", data_root, tokenizer), cwd=REPO,
-                               env=env, capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert "trained gpt to step" in reference.stdout
 
-    workdir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(workdir, data_root, tokenizer), cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
-        assert process.poll() is None, "the run ended before writing a checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_steps = sorted(read_metrics(workdir))
-    assert killed_steps and killed_steps[-1] < num_steps, "the run was not interrupted"
+    def command(workdir: pathlib.Path) -> list[str]:
+        return main_command("configs/gpt_tiny.py", workdir, f"--config.data.data_root={data_root}",
+                            f"--config.tokenizer.workdir={stage1_workdirs['workdir']}",
+                            "--config.train.sample_every=0", "--config.eval.every=1000")
 
-    resumed = subprocess.run(_train_command(workdir, data_root, tokenizer), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from the checkpoint of step" in resumed.stdout
-    expected, got = read_metrics(tmp_path / "ref"), read_metrics(workdir)
-    assert sorted(got) == list(range(1, num_steps + 1))
+    expected = check_killed_run_resumes(command, tmp_path, num_steps,
+                                        ("loss", "accuracy", "grad_norm"))
     assert [expected[s]["own_predictions"] for s in (1, num_steps)] == [0.0, 1.0]
-    for step in range(1, num_steps + 1):
-        for key in ("loss", "accuracy", "grad_norm"):
-            np.testing.assert_allclose(got[step][key], expected[step][key], rtol=1e-6,
-                                       err_msg=f"step {step} {key}")

@@ -1,5 +1,6 @@
 """Grain pipelines: batch shapes, per-host sharding, crop/pad, global batches, checkpoint resume."""
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -39,16 +40,21 @@ def root(tmp_path_factory):
     return str(root)
 
 
-def clips(root, **kwargs):
-    args = dict(
-        global_batch_size=4, seed=3, max_frames=5, min_frames=3, shard_index=0, shard_count=1
+def options(**kwargs) -> pipeline.LoaderOptions:
+    """One host's options (seed 0 unless given); `kwargs` set the other fields."""
+    return pipeline.LoaderOptions(**{"seed": 0, "shard_index": 0, "shard_count": 1, **kwargs})
+
+
+def clips(root, global_batch_size=4, max_frames=5, min_frames=3, random_crop=True, **kwargs):
+    return pipeline.clips_loader(
+        root, "clips", "train", global_batch_size=global_batch_size, max_frames=max_frames,
+        min_frames=min_frames, random_crop=random_crop, options=options(**{"seed": 3, **kwargs})
     )
-    return pipeline.clips_loader(root, "clips", "train", **{**args, **kwargs})
 
 
-def frames(root, **kwargs):
-    args = dict(global_batch_size=8, seed=1, shard_index=0, shard_count=1)
-    return pipeline.frames_loader(root, "frames", "train", **{**args, **kwargs})
+def frames(root, global_batch_size=8, **kwargs):
+    return pipeline.frames_loader(root, "frames", "train", global_batch_size=global_batch_size,
+                                  options=options(**{"seed": 1, **kwargs}))
 
 
 def test_frames_batches_and_two_hosts_partition_the_split(root):
@@ -119,7 +125,8 @@ def test_clips_loader_rejects_bad_settings(root, kwargs, match):
 
 def test_loader_rejects_wrong_dataset_kind(root):
     with pytest.raises(UserError, match="holds clips"):
-        pipeline.frames_loader(root, "clips", "train", global_batch_size=2, seed=0)
+        pipeline.frames_loader(root, "clips", "train", global_batch_size=2,
+                               options=pipeline.LoaderOptions(seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +223,14 @@ def test_prefetcher_with_state_pairs_each_batch_with_its_resume_state(root, mesh
     resumed = iter(clips(root, global_batch_size=8))
     resumed.set_state(state)
     assert_batches_equal(next(resumed), expected)
+
+
+def test_loader_options_from_config_take_the_data_section_and_overrides():
+    data = ml_collections.ConfigDict(
+        dict(worker_count=2, worker_buffer_size=3, read_threads=0, read_buffer=7, prefetch=2)
+    )
+    options = pipeline.LoaderOptions.from_config(data, 5, shuffle=False, num_epochs=1)
+    assert options == pipeline.LoaderOptions(
+        seed=5, shuffle=False, num_epochs=1, worker_count=2, worker_buffer_size=3,
+        read_threads=0, read_buffer=7
+    )

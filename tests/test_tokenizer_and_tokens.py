@@ -150,9 +150,9 @@ def test_tokens_loader_crops_and_pads(built):
     max_frames = 7
     name = tfds_io.variant_name(DATASET, "tokens")
     records = [r["tokens"] for r in _records(built, name, "train")]
-    loader = pipeline.tokens_loader(built, name, "train", global_batch_size=len(records), seed=0,
-                                    max_frames=max_frames, min_frames=4, shuffle=False,
-                                    num_epochs=1, read_threads=0)
+    options = pipeline.LoaderOptions(seed=0, shuffle=False, num_epochs=1, read_threads=0)
+    loader = pipeline.tokens_loader(built, name, "train", global_batch_size=len(records),
+                                    max_frames=max_frames, min_frames=4, options=options)
     batch = next(iter(loader))
     assert batch["tokens"].shape == (len(records), max_frames, 32)
     assert batch["tokens"].dtype == np.int32
@@ -163,5 +163,5 @@ def test_tokens_loader_crops_and_pads(built):
         assert any(np.array_equal(clip[:n], w) for w in windows)
         assert not clip[n:].any()
     with pytest.raises(UserError, match="holds tokens, but this loader needs clips"):
-        pipeline.clips_loader(built, name, "train", global_batch_size=4, seed=0, max_frames=5,
-                              min_frames=4)
+        pipeline.clips_loader(built, name, "train", global_batch_size=4, max_frames=5,
+                              min_frames=4, options=options)

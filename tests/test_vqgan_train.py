@@ -1,10 +1,8 @@
-"""The VQ-GAN train step: sharded == single device, learning, and kill-and-resume."""
-import os
+"""The VQ-GAN train step: sharded == single device, learning, global held-out figures, and
+kill-and-resume."""
+import functools
+import itertools
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +13,11 @@ import pytest
 from configs import vqgan_tiny
 from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import load_lpips_params
-from ganime_jax.train import mesh as mesh_lib, vqgan_step
-from ganime_jax.train.summary import read_metrics
-from ganime_jax.train.vqgan_task import (build_models, compile_train_step,
+from ganime_jax.data import pipeline, tfds_io
+from ganime_jax.train import checkpointing, mesh as mesh_lib, vqgan_step, vqgan_task
+from ganime_jax.train.vqgan_task import (VQGANTask, build_models, compile_train_step,
                                         init_replicated_state)
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from resume_helpers import check_killed_run_resumes, main_command
 
 
 @pytest.fixture(scope="module")
@@ -83,44 +80,45 @@ def test_autoencoder_steps_reduce_the_loss_and_restart_dead_codes(setup):
                if (i + 1) % restart_every)
 
 
-def _train_command(workdir: pathlib.Path, data_root: pathlib.Path, num_steps: int) -> list[str]:
-    return [sys.executable, str(REPO / "main.py"), "--config=configs/vqgan_tiny.py",
-            f"--workdir={workdir}", f"--config.data.data_root={data_root}",
-            f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=2",
-            "--config.eval.every=1000"]
+def test_evaluation_covers_the_global_batch(setup, stage1_workdirs):
+    """Held-out figures on a 4x2 mesh equal per-frame figures computed on one device (the
+    stage-1 checkpoint holds a random generator)."""
+    config = ml_collections.ConfigDict(setup[0].to_dict())
+    config.data.data_root = stage1_workdirs["data_root"]
+    config.data.eval_split = "train"  # 27 frames: 3 batches of 8 (the test split has 10)
+    config.eval.num_batches = 2
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 2}))
+    task = VQGANTask(config, mesh)
+    with checkpointing.make_manager(stage1_workdirs["workdir"], every=1, keep=1) as manager:
+        state, _, _ = checkpointing.restore_latest(manager, task.abstract_state(), config)
+    result = task.evaluate(state)
+
+    options = pipeline.LoaderOptions(seed=0, shuffle=False, num_epochs=1, read_threads=0)
+    loader = pipeline.frames_loader(
+        config.data.data_root, tfds_io.variant_name(config.data.dataset, "frames"),
+        config.data.eval_split, global_batch_size=config.eval.batch_size, options=options)
+    frames = np.concatenate([b["frames"] for b in itertools.islice(loader, 2)])
+    one_device = jax.device_put((jax.device_get(state.gen_params), frames, setup[3]),
+                                jax.devices()[0])
+    eval_batch = jax.jit(functools.partial(vqgan_task._eval_batch, fns=task.fns))
+    per_frame = jax.device_get(eval_batch(*one_device)[1])
+    assert result["num_frames"] == len(frames) == 2 * config.eval.batch_size
+    for key in ("psnr", "lpips", "l1"):
+        np.testing.assert_allclose(result[key], np.mean(per_frame[key]), rtol=1e-5, err_msg=key)
+    used = np.unique(per_frame["indices"])
+    assert result["codebook_usage"] == len(used) / config.model.num_embeddings
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "XLA_FLAGS": ""}
-    data_root, num_steps = tmp_path / "datasets", 8
-    reference = subprocess.run(_train_command(tmp_path / "ref", data_root, num_steps), cwd=REPO,
-                               env=env, capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    num_steps = 8
 
-    workdir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(workdir, data_root, num_steps), cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
-        assert process.poll() is None, "the run ended before writing a checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_steps = sorted(read_metrics(workdir))
-    assert killed_steps and killed_steps[-1] < num_steps, "the run was not interrupted"
+    def command(workdir: pathlib.Path) -> list[str]:
+        return main_command("configs/vqgan_tiny.py", workdir,
+                            f"--config.data.data_root={tmp_path / 'datasets'}",
+                            f"--config.train.num_steps={num_steps}",
+                            "--config.train.checkpoint_every=2", "--config.eval.every=1000")
 
-    resumed = subprocess.run(_train_command(workdir, data_root, num_steps), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from the checkpoint of step" in resumed.stdout
-    expected, got = read_metrics(tmp_path / "ref"), read_metrics(workdir)
-    assert sorted(got) == list(range(1, num_steps + 1))
-    for step in range(1, num_steps + 1):
-        for key in ("loss", "rec_loss", "quantizer_loss"):
-            np.testing.assert_allclose(got[step][key], expected[step][key], rtol=1e-6,
-                                       err_msg=f"step {step} {key}")
+    check_killed_run_resumes(command, tmp_path, num_steps, ("loss", "rec_loss", "quantizer_loss"))
 
 
 def test_generator_gradients_equal_full_differentiation(setup):

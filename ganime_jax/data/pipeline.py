@@ -13,10 +13,12 @@ hosts with different batch counts, so prefer infinite epochs (the default) for t
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grain.python as grain
 import jax
+import ml_collections
 import numpy as np
 from absl import flags, logging
 
@@ -26,6 +28,7 @@ from ganime_jax.errors import UserError
 
 __all__ = [
     "DATA_ITEM",
+    "LoaderOptions",
     "MeshPrefetcher",
     "clips_loader",
     "data_restore_args",
@@ -117,83 +120,81 @@ def _require_kind(data_root: str, name: str, kind: str) -> dict[str, Any]:
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """How a loader reads and orders a split, whatever the dataset kind.
+
+    `shard_index`/`shard_count` default to the JAX process index/count (give both or neither);
+    `num_epochs=None` repeats forever. `worker_count` grain worker processes (0: read in this
+    process) each keep `worker_buffer_size` batches ready; `read_threads` threads per process
+    read `read_buffer` records ahead.
+    """
+
+    seed: int
+    shuffle: bool = True
+    num_epochs: int | None = None
+    worker_count: int = 0
+    worker_buffer_size: int = 2
+    shard_index: int | None = None
+    shard_count: int | None = None
+    read_threads: int = DEFAULT_READ_THREADS
+    read_buffer: int = DEFAULT_READ_BUFFER
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"data seed {self.seed} must be in [0, 2**32) (grain's limit)")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise UserError(
+                f"num_epochs must be None (repeat forever) or >= 1, got {self.num_epochs}"
+            )
+
+    @classmethod
+    def from_config(
+        cls, data: ml_collections.ConfigDict, seed: int, **overrides: Any
+    ) -> LoaderOptions:
+        """The reading knobs of a config's `data` section, with `overrides` on top."""
+        fields = ("worker_count", "worker_buffer_size", "read_threads", "read_buffer")
+        return cls(seed=seed, **{**{name: data[name] for name in fields}, **overrides})
+
+
 def _loader(
-    source: tfds_io.SplitSource,
-    operations: list,
-    *,
-    global_batch_size: int,
-    seed: int,
-    shuffle: bool,
-    num_epochs: int | None,
-    worker_count: int,
-    worker_buffer_size: int,
-    shard_index: int | None,
-    shard_count: int | None,
-    read_threads: int,
-    read_buffer: int,
+    source: tfds_io.SplitSource, operations: list, global_batch_size: int, options: LoaderOptions
 ) -> grain.DataLoader:
-    shard_options = _shard_options(global_batch_size, shard_index, shard_count)
-    if not 0 <= seed < 2**32:
-        raise UserError(f"data seed {seed} must be in [0, 2**32) (grain's limit)")
-    if num_epochs is not None and num_epochs < 1:
-        raise UserError(f"num_epochs must be None (repeat forever) or >= 1, got {num_epochs}")
-    if worker_count > 0 and not flags.FLAGS.is_parsed():
+    shard_options = _shard_options(global_batch_size, options.shard_index, options.shard_count)
+    if options.worker_count > 0 and not flags.FLAGS.is_parsed():
         # Grain's worker processes read absl flags; outside an absl app nobody parsed them.
         flags.FLAGS.mark_as_parsed()
     local_batch = global_batch_size // shard_options.shard_count
     sampler = grain.IndexSampler(
         num_records=len(source),
         shard_options=shard_options,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        seed=seed,
+        shuffle=options.shuffle,
+        num_epochs=options.num_epochs,
+        seed=options.seed,
     )
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
         operations=[*operations, grain.Batch(batch_size=local_batch, drop_remainder=True)],
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
+        worker_count=options.worker_count,
+        worker_buffer_size=options.worker_buffer_size,
         shard_options=shard_options,
-        read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer),
+        read_options=grain.ReadOptions(
+            num_threads=options.read_threads, prefetch_buffer_size=options.read_buffer
+        ),
     )
 
 
 def frames_loader(
-    data_root: str,
-    name: str,
-    split: str,
-    *,
-    global_batch_size: int,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    read_threads: int = DEFAULT_READ_THREADS,
-    read_buffer: int = DEFAULT_READ_BUFFER,
+    data_root: str, name: str, split: str, *, global_batch_size: int, options: LoaderOptions
 ) -> grain.DataLoader:
     """Batches {"frames": (local_batch, H, W, 3) uint8} from a "frames" dataset.
 
-    Infinite when `num_epochs` is None; the last partial batch is dropped otherwise.
+    Infinite when `options.num_epochs` is None; the last partial batch is dropped otherwise.
     """
     _require_kind(data_root, name, "frames")
-    return _loader(
-        tfds_io.open_split(data_root, name, split),
-        [_FrameOnly()],
-        global_batch_size=global_batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        read_threads=read_threads,
-        read_buffer=read_buffer,
-    )
+    source = tfds_io.open_split(data_root, name, split)
+    return _loader(source, [_FrameOnly()], global_batch_size, options)
 
 
 def _check_clip_lengths(
@@ -216,47 +217,43 @@ def _check_clip_lengths(
         )
 
 
+def _clip_loader(
+    data_root: str,
+    name: str,
+    split: str,
+    kind: str,
+    crop: _CropOrPad,
+    min_frames: int,
+    global_batch_size: int,
+    options: LoaderOptions,
+) -> grain.DataLoader:
+    """Skips clips shorter than `min_frames`, then crops/pads the rest with `crop`."""
+    summary = _require_kind(data_root, name, kind)
+    source = tfds_io.open_split(data_root, name, split)
+    path = tfds_io.dataset_path(data_root, name)
+    _check_clip_lengths(path, split, summary, min_frames, crop.max_frames)
+    return _loader(source, [_LongEnough(min_frames), crop], global_batch_size, options)
+
+
 def clips_loader(
     data_root: str,
     name: str,
     split: str,
     *,
     global_batch_size: int,
-    seed: int,
     max_frames: int,
     min_frames: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
+    options: LoaderOptions,
     random_crop: bool = True,
-    read_threads: int = DEFAULT_READ_THREADS,
-    read_buffer: int = DEFAULT_READ_BUFFER,
 ) -> grain.DataLoader:
     """Batches {"frames": (B, max_frames, H, W, 3) uint8, "n_frames": (B,) int32} of clips.
 
     Clips are cropped/padded to `max_frames` (see `_CropOrPad`); clips shorter than
     `min_frames` are skipped.
     """
-    summary = _require_kind(data_root, name, "clips")
-    source = tfds_io.open_split(data_root, name, split)
-    path = tfds_io.dataset_path(data_root, name)
-    _check_clip_lengths(path, split, summary, min_frames, max_frames)
-    return _loader(
-        source,
-        [_LongEnough(min_frames), _CropOrPad(max_frames, random_crop)],
-        global_batch_size=global_batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        read_threads=read_threads,
-        read_buffer=read_buffer,
+    crop = _CropOrPad(max_frames, random_crop)
+    return _clip_loader(
+        data_root, name, split, "clips", crop, min_frames, global_batch_size, options
     )
 
 
@@ -266,40 +263,18 @@ def tokens_loader(
     split: str,
     *,
     global_batch_size: int,
-    seed: int,
     max_frames: int,
     min_frames: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
+    options: LoaderOptions,
     random_crop: bool = True,
-    read_threads: int = DEFAULT_READ_THREADS,
-    read_buffer: int = DEFAULT_READ_BUFFER,
 ) -> grain.DataLoader:
     """Batches {"tokens": (B, max_frames, h*w) int32, "n_frames": (B,) int32} of token clips.
 
     Cropped/padded and filtered like `clips_loader`, from a "tokens" dataset.
     """
-    summary = _require_kind(data_root, name, "tokens")
-    source = tfds_io.open_split(data_root, name, split)
-    path = tfds_io.dataset_path(data_root, name)
-    _check_clip_lengths(path, split, summary, min_frames, max_frames)
-    return _loader(
-        source,
-        [_LongEnough(min_frames), _CropOrPad(max_frames, random_crop, "tokens", np.int32)],
-        global_batch_size=global_batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        read_threads=read_threads,
-        read_buffer=read_buffer,
+    crop = _CropOrPad(max_frames, random_crop, "tokens", np.int32)
+    return _clip_loader(
+        data_root, name, split, "tokens", crop, min_frames, global_batch_size, options
     )
 
 

@@ -69,9 +69,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if config.train.batch_size % micro:
         raise UserError(f"batch size {config.train.batch_size} must be a multiple of "
                         f"grad_accum_steps x devices = {micro}.")
-    if config.eval.batch_size % mesh.size:
-        raise UserError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of "
-                        f"the {mesh.size} devices.")
+    mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
 
 
 def check_tokens(config: ml_collections.ConfigDict) -> None:
@@ -166,19 +164,14 @@ class GPTTask:
                                 f"but config.model.gpt.{field} is {getattr(gpt, field)!r}.")
         return {**params, LM_PARAMS: overlay_params(params[LM_PARAMS], loaded)}
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, num_epochs: int | None = None):
-        data = self.config.data
-        return pipeline.tokens_loader(
-            data.data_root, tfds_io.variant_name(data.dataset, "tokens"), split,
-            global_batch_size=batch_size,
-            seed=self.config.seed, max_frames=data.max_frames, min_frames=data.min_frames,
-            shuffle=shuffle, num_epochs=num_epochs, worker_count=data.worker_count,
-            worker_buffer_size=data.worker_buffer_size, read_threads=data.read_threads,
-            read_buffer=data.read_buffer)
-
     def train_batches(self, data_state: bytes | None) -> Iterator[tuple[dict, bytes]]:
-        iterator = iter(self._loader(self.config.data.train_split, self.config.train.batch_size,
-                                     shuffle=True))
+        data = self.config.data
+        loader = pipeline.tokens_loader(
+            data.data_root, tfds_io.variant_name(data.dataset, "tokens"), data.train_split,
+            global_batch_size=self.config.train.batch_size, max_frames=data.max_frames,
+            min_frames=data.min_frames,
+            options=pipeline.LoaderOptions.from_config(data, self.config.seed))
+        iterator = iter(loader)
         if data_state is not None:
             iterator.set_state(data_state)
         return pipeline.prefetch_to_mesh(iterator, self.mesh, size=self.config.data.prefetch,

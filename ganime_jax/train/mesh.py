@@ -45,8 +45,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch size") -> None:
+    """`name` (the batch size's config field, say) starts the error message."""
     if global_batch_size % mesh.size:
         raise UserError(
-            f"batch size {global_batch_size} is not divisible by the {mesh.size} devices of the "
+            f"{name} {global_batch_size} is not divisible by the {mesh.size} devices of the "
             "mesh; pick a multiple of the device count.")

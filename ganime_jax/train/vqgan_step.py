@@ -55,21 +55,26 @@ def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int],
 
 
 def reconstruction_losses(x: jax.Array, recon: jax.Array, lpips_params: Any,
-                          loss_cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+                          loss_cfg: ml_collections.ConfigDict,
+                          use_perceptual: bool = True) -> dict[str, jax.Array]:
+    """L1 plus the weighted LPIPS term; without `use_perceptual` (or with weight 0) no VGG16
+    pass runs at all and no "lpips" entry is returned."""
     l1 = jnp.mean(jnp.abs(x - recon))
-    if loss_cfg.perceptual_weight:
-        perceptual = jnp.mean(lpips_distance(lpips_params, x, recon,
-                                             dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
-    else:  # no VGG16 passes at all when the perceptual term is off
-        perceptual = jnp.zeros((), jnp.float32)
-    nll = loss_cfg.l1_weight * l1 + loss_cfg.perceptual_weight * perceptual
-    return {"l1": l1, "lpips": perceptual, "rec_loss": nll}
+    losses = {"l1": l1, "rec_loss": loss_cfg.l1_weight * l1}
+    if use_perceptual and loss_cfg.perceptual_weight:
+        losses["lpips"] = jnp.mean(lpips_distance(lpips_params, x, recon,
+                                                  dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
+        losses["rec_loss"] += loss_cfg.perceptual_weight * losses["lpips"]
+    return losses
 
 
 def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any, *,
-               fns: StepFns, config: ml_collections.ConfigDict,
-               use_disc: bool) -> tuple[VQGANState, dict]:
-    """One generator update and, once the discriminator is on, one discriminator update."""
+               fns: StepFns, config: ml_collections.ConfigDict, use_disc: bool,
+               use_perceptual: bool = True) -> tuple[VQGANState, dict]:
+    """One generator update and, once the discriminator is on, one discriminator update.
+
+    `use_disc`/`use_perceptual` pick the compiled variant of the training phase (see
+    `loss.disc_start` and `loss.perceptual_start`)."""
     loss_cfg, codebook_cfg = config.loss, config.codebook
     x = frames_to_float(batch["frames"])
     dropout_rng, restart_rng = jax.random.split(rng)
@@ -84,7 +89,7 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     (recon, quantizer_loss), generator_vjp, aux = jax.vjp(generator, state.gen_params,
                                                           has_aux=True)
     recon_grad, metrics = generator_losses(x, recon, quantizer_loss, aux, state, lpips_params,
-                                           fns, loss_cfg, use_disc)
+                                           fns, loss_cfg, use_disc, use_perceptual)
     (param_grads,) = generator_vjp((recon_grad, jnp.asarray(loss_cfg.codebook_weight,
                                                             quantizer_loss.dtype)))
     updates, gen_opt_state = fns.gen_tx.update(param_grads, state.gen_opt_state,
@@ -124,8 +129,8 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
 
 
 def generator_losses(x, recon, quantizer_loss, aux, state: VQGANState, lpips_params,
-                     fns: StepFns, loss_cfg,
-                     use_disc: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     fns: StepFns, loss_cfg, use_disc: bool,
+                     use_perceptual: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(gradient of the total generator loss w.r.t. `recon`, the loss terms).
 
     With the discriminator on, the GAN term is weighted by taming's adaptive weight
@@ -134,7 +139,7 @@ def generator_losses(x, recon, quantizer_loss, aux, state: VQGANState, lpips_par
     fixed), which gives the same numbers as differentiating the whole generator.
     """
     def nll_fn(r):
-        losses = reconstruction_losses(x, r, lpips_params, loss_cfg)
+        losses = reconstruction_losses(x, r, lpips_params, loss_cfg, use_perceptual)
         return losses["rec_loss"], losses
 
     (nll, metrics), recon_grad = jax.value_and_grad(nll_fn, has_aux=True)(recon)
@@ -190,5 +195,7 @@ def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
     return quantizer.set_codebook(gen_params, codebook), code_usage, count
 
 
-def make_train_step(fns: StepFns, config: ml_collections.ConfigDict, use_disc: bool) -> Callable:
-    return functools.partial(train_step, fns=fns, config=config, use_disc=use_disc)
+def make_train_step(fns: StepFns, config: ml_collections.ConfigDict, use_disc: bool,
+                    use_perceptual: bool = True) -> Callable:
+    return functools.partial(train_step, fns=fns, config=config, use_disc=use_disc,
+                             use_perceptual=use_perceptual)

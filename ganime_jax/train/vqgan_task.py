@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
@@ -27,11 +29,12 @@ def build_models(config: ml_collections.ConfigDict) -> vqgan_step.StepFns:
 
 
 def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh, state_shardings: Any, use_disc: bool):
+                       mesh: jax.sharding.Mesh, state_shardings: Any, use_disc: bool,
+                       use_perceptual: bool = True):
     """The jitted step: batch split over the mesh, state and LPIPS weights replicated."""
     replicated = mesh_lib.replicated(mesh)
     return jax.jit(
-        vqgan_step.make_train_step(fns, config, use_disc),
+        vqgan_step.make_train_step(fns, config, use_disc, use_perceptual),
         in_shardings=(state_shardings, {"frames": mesh_lib.batch_sharding(mesh)}, replicated,
                       replicated),
         out_shardings=(state_shardings, replicated),
@@ -56,6 +59,7 @@ class VQGANTask:
         self.config = config
         self.mesh = mesh
         mesh_lib.check_batch_size(config.train.batch_size, mesh)
+        mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
         self.fns = build_models(config)
         self.frame_shape = (config.data.height, config.data.width, config.model.in_channels)
         self.replicated = mesh_lib.replicated(mesh)
@@ -63,10 +67,16 @@ class VQGANTask:
         abstract = jax.eval_shape(self._init, jax.random.key(0))
         self.state_shardings = jax.tree.map(lambda _: self.replicated, abstract)
         self._abstract = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
-        self._steps = {use_disc: compile_train_step(self.fns, config, mesh, self.state_shardings,
-                                                    use_disc)
-                       for use_disc in (False, True)}
+        # One compiled variant per training phase (perceptual loss on?, discriminator on?).
+        self._steps = {(perceptual, disc): compile_train_step(
+            self.fns, config, mesh, self.state_shardings, disc, perceptual)
+            for perceptual in (False, True) for disc in (False, True)}
         self._eval_fn = jax.jit(functools.partial(_eval_batch, fns=self.fns))
+        self._eval_sums = jax.jit(
+            functools.partial(_eval_sums, fns=self.fns, num_codes=config.model.num_embeddings),
+            in_shardings=(self.state_shardings.gen_params, mesh_lib.batch_sharding(mesh),
+                          self.replicated),
+            out_shardings=self.replicated)
 
     def _init(self, rng: jax.Array) -> vqgan_step.VQGANState:
         return vqgan_step.init_state(rng, self.fns, self.frame_shape,
@@ -78,18 +88,16 @@ class VQGANTask:
     def init_state(self, rng: jax.Array) -> vqgan_step.VQGANState:
         return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
 
-    def _loader(self, split: str, batch_size: int, seed: int, shuffle: bool, num_epochs=None):
+    def _loader(self, split: str, batch_size: int, **options: Any):
+        """Frames of `split`; `options` override the config's `pipeline.LoaderOptions`."""
         data = self.config.data
         return pipeline.frames_loader(
             data.data_root, tfds_io.variant_name(data.dataset, "frames"), split,
             global_batch_size=batch_size,
-            seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=data.worker_count,
-            worker_buffer_size=data.worker_buffer_size, read_threads=data.read_threads,
-            read_buffer=data.read_buffer)
+            options=pipeline.LoaderOptions.from_config(data, self.config.seed, **options))
 
     def train_batches(self, data_state: bytes | None) -> Iterator[tuple[dict, bytes]]:
-        loader = self._loader(self.config.data.train_split, self.config.train.batch_size,
-                              self.config.seed, shuffle=True)
+        loader = self._loader(self.config.data.train_split, self.config.train.batch_size)
         iterator = iter(loader)
         if data_state is not None:
             iterator.set_state(data_state)
@@ -97,13 +105,16 @@ class VQGANTask:
                                         data_axis=mesh_lib.BATCH_AXES, with_state=True)
 
     def train_step(self, state, batch, rng, step):
-        use_disc = step >= self.config.loss.disc_start
-        return self._steps[use_disc](state, batch, rng, self.lpips_params)
+        loss = self.config.loss
+        phase = (step >= loss.perceptual_start, step >= loss.disc_start)
+        return self._steps[phase](state, batch, rng, self.lpips_params)
 
     def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict) -> None:
         cfg = self.config
         if step % cfg.train.image_every == 0:
-            frames = np.asarray(jax.device_get(last_batch["frames"]))[:IMAGES_IN_GRID]
+            local = multihost_utils.global_array_to_host_local_array(
+                last_batch["frames"], self.mesh, PartitionSpec(mesh_lib.BATCH_AXES))
+            frames = np.asarray(local)[:IMAGES_IN_GRID]
             recon = self.reconstruct(state.gen_params, frames)
             writer.image(step, "train/input_over_reconstruction",
                          image_grid([frames, to_uint8(recon)]))
@@ -116,25 +127,28 @@ class VQGANTask:
 
     def evaluate(self, state: vqgan_step.VQGANState,
                  num_batches: int | None = None) -> dict[str, float]:
-        """Held-out reconstruction PSNR / LPIPS / L1 and codebook usage over the eval split."""
+        """Held-out reconstruction PSNR / LPIPS / L1 and codebook usage over the eval split.
+
+        Every host reads its shard; the sums are taken over the global batch, so all hosts
+        report the figures of the whole evaluation set.
+        """
         cfg = self.config
         num_batches = cfg.eval.num_batches if num_batches is None else num_batches
-        loader = self._loader(cfg.data.eval_split, cfg.eval.batch_size, cfg.seed,
-                              shuffle=False, num_epochs=1)
+        loader = self._loader(cfg.data.eval_split, cfg.eval.batch_size, shuffle=False,
+                              num_epochs=1)
         totals: dict[str, float] = {}
         counts = np.zeros((cfg.model.num_embeddings,), np.int64)
         seen = 0
-        for i, batch in enumerate(loader):
+        for i, local in enumerate(loader):
             if i >= num_batches:
                 break
-            _, stats = self._eval_fn(state.gen_params, jnp.asarray(batch["frames"]), self.lpips_params)
-            stats = jax.device_get(stats)
-            counts += np.bincount(stats.pop("indices").reshape(-1),
-                                  minlength=cfg.model.num_embeddings)
-            n = batch["frames"].shape[0]
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(np.sum(v))
-            seen += n
+            frames = pipeline.to_global_batch(local, self.mesh, mesh_lib.BATCH_AXES)["frames"]
+            sums, codes = jax.device_get(
+                self._eval_sums(state.gen_params, frames, self.lpips_params))
+            counts += codes
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            seen += frames.shape[0]
         result = {k: v / max(seen, 1) for k, v in totals.items()}
         probs = counts / max(counts.sum(), 1)
         nonzero = probs[probs > 0]
@@ -156,3 +170,10 @@ def _eval_batch(gen_params, frames, lpips_params, *, fns: vqgan_step.StepFns):
         "indices": aux["indices"],
     }
     return recon, stats
+
+
+def _eval_sums(gen_params, frames, lpips_params, *, fns: vqgan_step.StepFns, num_codes: int):
+    """Sums of the per-frame figures of `_eval_batch` over the batch, and code counts."""
+    _, stats = _eval_batch(gen_params, frames, lpips_params, fns=fns)
+    codes = jnp.bincount(stats.pop("indices").reshape(-1), length=num_codes)
+    return {k: jnp.sum(v) for k, v in stats.items()}, codes
