@@ -1,8 +1,11 @@
 """ganime-jax entry point: `python main.py --config=configs/X.py --workdir=DIR --mode=train`.
 
+`python main.py --mode=sample` with neither --config nor --workdir generates a clip with the
+demo models shipped in ganime_jax/assets/demo (or the bundle that --bundle names) between the
+bundle's example frames (or --first/--last), written under workdirs/<bundle name>_sample/.
+
 Errors caused by the user's input (paths, configs, data) are printed as one line and exit 2.
 """
-import sys
 
 from absl import app, flags, logging
 
@@ -23,7 +26,7 @@ def _define_config_flag():
         fail(f"bad --config override: {config_error(error)}")
 
 
-_CONFIG = _define_config_flag()
+_define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples. "
                                "Defaults to workdirs/<config file name>.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
@@ -33,6 +36,9 @@ _FIRST = flags.DEFINE_string("first", None, "sample: image file of the first fra
 _LAST = flags.DEFINE_string("last", None, "sample: image file of the last frame.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames of the generated clip, "
                                    "first and last included (default: config.sample.num_frames).")
+_BUNDLE = flags.DEFINE_string("bundle", None, "sample: the inference bundle (from `python -m "
+                               "ganime_jax.export`) used when neither --config nor --workdir is "
+                               "given; default: the shipped demo, ganime_jax/assets/demo.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: path of the MP4 to write (a GIF goes "
                               "beside it); default: <output_dir or workdir/samples>/*.mp4.")
 
@@ -48,9 +54,9 @@ def main(argv: list[str]) -> None:
         import jax
         jax.distributed.initialize()
     try:
-        config = cli.load_config(_CONFIG, flags.FLAGS["config"].config_filename)
-        workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
-        cli.run_mode(_MODE.value, config, workdir, first=_FIRST.value, last=_LAST.value,
+        run = cli.resolve_run(_MODE.value, flags.FLAGS["config"], workdir=_WORKDIR.value,
+                              bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value)
+        cli.run_mode(_MODE.value, run.config, run.workdir, first=run.first, last=run.last,
                      num_frames=_NUM_FRAMES.value, output=_OUTPUT.value)
     except UserError as error:
         logging.flush()

@@ -1,4 +1,5 @@
 """What `main.py` does between parsing flags and the library: load, check, dispatch."""
+import dataclasses
 import importlib
 import pathlib
 import sys
@@ -56,6 +57,42 @@ def default_workdir(config_filename: str) -> str:
     return str(pathlib.Path("workdirs") / pathlib.Path(config_filename).stem)
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a mode runs on: the config, the workdir and (sample only) the end frames."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    first: str | None = None
+    last: str | None = None
+
+
+def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir: str | None,
+                first: str | None, last: str | None) -> Run:
+    """The run that the flags name (`config_flag`: absl's `--config` flag object).
+
+    `--mode=sample` with neither --config nor --workdir samples from an inference bundle
+    (`bundle_dir`, default `bundle.DEMO_BUNDLE`): its GPT config and workdir, and its example
+    frames unless --first/--last are given. Otherwise `--config` (default: main.py's) is loaded
+    and the workdir defaults to workdirs/<config file name>.
+    """
+    if mode == "sample" and not config_flag.present and workdir is None:
+        from ganime_jax import bundle
+        if config_flag.override_values:
+            name = next(iter(config_flag.override_values))
+            raise UserError(f"--config.{name} needs --config=FILE: the config of a bundle takes "
+                            "no overrides; pass --config and --workdir of a stage-2 run instead.")
+        run = bundle.load_sample_run(bundle_dir or bundle.DEMO_BUNDLE)
+        if first is None and last is None:
+            first, last = str(run.first), str(run.last)
+        return Run(run.config, str(run.workdir), first, last)
+    if bundle_dir is not None:
+        raise UserError("--bundle only applies to --mode=sample without --config and --workdir.")
+    filename = config_flag.config_filename
+    config = load_config(config_flag, filename)
+    return Run(config, workdir or default_workdir(filename), first, last)
+
+
 def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
              **sample_flags: Any) -> None:
     """Runs `mode`; `sample_flags` (first, last, num_frames, output; None = not given) are
@@ -71,7 +108,11 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
         from ganime_jax import sample
         sample.run_sample(config, workdir, **sample_flags)
         return
-    raise UserError(f"--mode={mode} is not available yet; use --mode=train or --mode=sample.")
+    if mode == "eval":
+        from ganime_jax.evaluation import run
+        run.run_eval(config, workdir)
+        return
+    raise UserError(f"--mode={mode} is unknown; use --mode=train, --mode=sample or --mode=eval.")
 
 
 def fail(message: str) -> None:

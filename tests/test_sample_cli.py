@@ -3,7 +3,6 @@ import pathlib
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +14,7 @@ from ganime_jax import cli, images
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train import checkpointing
-from ganime_jax.train.gpt_task import build_model
+from stage2_helpers import gpt_workdir, random_params, save_checkpoint
 
 HEIGHT, WIDTH = 16, 32  # vqgan_tiny frames: a 4 x 8 token grid
 MAX_FRAMES = gpt_tiny.get_config().model.max_frames
@@ -25,26 +23,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 CLIP_LENGTHS = (4, 6, 7)  # the held-out clips; the first is too short for NUM_FRAMES
 
 
-def _save(workdir, state, config):
-    manager = checkpointing.make_manager(workdir, every=1, keep=1, async_save=False)
-    checkpointing.save(manager, 1, state, None, config, force=True)
-    manager.wait_until_finished()
-    manager.close()
-
-
-def _random_params(module, *inputs, std):
-    """Random normal parameters of `module`'s shapes (an init would compile the model)."""
-    abstract = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"])
-    rng = np.random.default_rng(0)
-    return jax.tree.map(lambda x: rng.normal(0, std, x.shape).astype(x.dtype), abstract)
-
-
 def _tokenizer_workdir(path, height=HEIGHT, width=WIDTH):
     config = vqgan_tiny.get_config()
     config.data.update(height=height, width=width)
     frames = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-    params = _random_params(VQGAN(**config.model), frames, std=0.1)
-    _save(path, {"gen_params": params}, config)
+    params = random_params(VQGAN(**config.model), frames, std=0.1)
+    save_checkpoint(path, {"gen_params": params}, config)
     return str(path)
 
 
@@ -70,15 +54,6 @@ def get_config():
     config.sample.update(method="top_k", top_k=8)
     return config
 """
-
-
-def _gpt_workdir(path, config, params_config=None):
-    transformer = build_model((params_config or config).model)
-    k, hw = transformer.n_frames_before, transformer.frame_tokens
-    inputs = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in ((1, hw), (1, k, hw), (1,))]
-    params = _random_params(transformer, *inputs, std=0.5)
-    _save(path, {"step": jnp.int32(1), "params": params}, config)
-    return str(path)
 
 
 def _smooth(height, width, seed):
@@ -109,7 +84,7 @@ def setup(tmp_path_factory):
     tfds_io.write_dataset(data_root, "tiny_clips", "clips", {"test": _clips()},
                           (HEIGHT, WIDTH, 3))
     config = gpt_config(_tokenizer_workdir(root / "vqgan"), data_root)
-    workdir = _gpt_workdir(root / "gpt", config)
+    workdir = gpt_workdir(root / "gpt", config)
     first = _write_image(root / "first.png", (96, 48), seed=1)
     last = _write_image(root / "last.jpg", (96, 48), seed=2)
     return dict(root=root, config=config, workdir=workdir, first=first, last=last)
@@ -208,7 +183,7 @@ def test_checkpoint_and_config_errors(setup, tmp_path):
     _raises(setup, "is of stage 'vqgan', not a GPT", workdir=tokenizer, **pair)
     _raises(setup, "was trained with model.gpt=",
             config=gpt_config(tokenizer, data_root, n_embd=64), **pair)
-    corrupt = _gpt_workdir(tmp_path / "corrupt", config,
+    corrupt = gpt_workdir(tmp_path / "corrupt", config,
                            gpt_config(tokenizer, data_root, n_embd=64))
     _raises(setup, r"does not fit the model of the config: it holds \(9, 64\) for "
             r"state\[.params.\]\[.countdown.\] where the model has shape \(9, 32\)",

@@ -1,0 +1,78 @@
+"""Inference bundles: a frozen tokenizer, a transformer and two example frames in one folder.
+
+`python -m ganime_jax.export` writes a bundle; `python main.py --mode=sample` with neither
+--config nor --workdir samples from one (the demo shipped in `DEMO_BUNDLE` unless --bundle
+names another). Layout of a bundle folder:
+
+    vqgan/                 stage-1 workdir: checkpoints/<step>/ (state = {"gen_params"}, config)
+    gpt/                   stage-2 workdir: checkpoints/<step>/ (state = {"params"}, config)
+                           and config.json, the GPT config that sampling uses
+    first.png, last.png    the first and last frame of a held-out clip
+    bundle.json            provenance: source workdirs and steps, tokenizer fingerprint, command
+
+Both workdirs read with the ordinary loaders (`load_tokenizer`, `sample.load_generator`).
+Path rule: a relative `tokenizer.workdir` in the bundled GPT config is relative to the bundle
+folder (the export writes `"vqgan"`), so a bundle works from any current directory and after
+being moved; `load_sample_run` resolves it.
+"""
+import dataclasses
+import json
+import pathlib
+
+import ml_collections
+
+from ganime_jax.errors import UserError
+from ganime_jax.train import checkpointing
+
+DEMO_BUNDLE = pathlib.Path(__file__).resolve().parent / "assets" / "demo"
+VQGAN_DIR = "vqgan"
+GPT_DIR = "gpt"
+FIRST_FRAME = "first.png"
+LAST_FRAME = "last.png"
+MANIFEST = "bundle.json"
+# Samples of a bundle go to <OUTPUT_ROOT>/<bundle folder name>_sample, relative to the current
+# directory (like the default workdirs), never inside the bundle or the package.
+OUTPUT_ROOT = "workdirs"
+EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
+                  "--gpt_workdir=workdirs/gpt_demo --out={}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleRun:
+    """What `--mode=sample` needs from a bundle: config, GPT workdir and the example frames."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    first: pathlib.Path
+    last: pathlib.Path
+
+
+def output_dir(bundle_dir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(OUTPUT_ROOT) / f"{pathlib.Path(bundle_dir).resolve().name}_sample"
+
+
+def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
+    """The bundled GPT config (tokenizer path resolved, samples sent to `output_dir`), its
+    workdir and example frames; a one-line error when `bundle_dir` holds no bundle."""
+    bundle_dir = pathlib.Path(bundle_dir)
+    config_path = bundle_dir / GPT_DIR / checkpointing.CONFIG_FILENAME
+    if not config_path.is_file():
+        raise UserError(
+            f"no inference bundle in {bundle_dir} (missing {GPT_DIR}/"
+            f"{checkpointing.CONFIG_FILENAME}); export one with "
+            f"`{EXPORT_COMMAND.format(bundle_dir)}`, or pass the --config and --workdir of a "
+            "trained stage-2 run.")
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the bundle config {config_path}: {error}; export the "
+                        "bundle again.") from None
+    if config.get("stage") != "gpt" or not config.get("tokenizer", {}).get("workdir"):
+        raise UserError(f"{config_path} is not a stage-2 (gpt) config with a tokenizer.workdir; "
+                        "export the bundle again.")
+    tokenizer_workdir = pathlib.Path(config.tokenizer.workdir)
+    if not tokenizer_workdir.is_absolute():
+        config.tokenizer.workdir = str(bundle_dir.absolute() / tokenizer_workdir)
+    config.sample.output_dir = str(output_dir(bundle_dir))
+    return SampleRun(config=config, workdir=bundle_dir / GPT_DIR,
+                     first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)

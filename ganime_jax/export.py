@@ -1,0 +1,230 @@
+"""Export an inference-only bundle (see `ganime_jax.bundle`) from a trained VQ-GAN and GPT run.
+
+    python -m ganime_jax.export --gpt_workdir=workdirs/gpt_demo \
+        --vqgan_workdir=workdirs/vqgan_demo --out=ganime_jax/assets/demo
+
+Only what sampling reads is kept: the VQ-GAN generator parameters and the GPT parameters of
+each run's newest checkpoint, with their configs; no discriminator, no optimiser state, no data
+iterator. The example frames are the first and last of `config.sample.num_frames` frames of a
+held-out clip of the GPT config's clips dataset. When the GPT's token dataset is at hand, the
+tokenizer must be the one that encoded it. The bundle is built in a temporary folder
+beside `--out`, read back through the sampling loaders, then renamed into place.
+"""
+import datetime
+import json
+import pathlib
+import shlex
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from PIL import Image
+
+from ganime_jax import bundle, sample
+from ganime_jax.data import tfds_io
+from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.train import checkpointing
+from ganime_jax.train.tokenizer import GEN_PARAMS
+
+MANIFEST_FORMAT = 1
+
+
+def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config saved with the newest checkpoint of `workdir`."""
+    directory = checkpointing.checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise UserError(f"{workdir} holds no checkpoints; give the workdir of a trained run.")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_names=(checkpointing.CONFIG_ITEM,))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise UserError(f"{directory} holds no complete checkpoint; train the run first.")
+        saved = manager.restore(step, args=ocp.args.Composite(**{
+            checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM]
+    finally:
+        manager.close()
+    return ml_collections.ConfigDict(saved)
+
+
+def _write_workdir(workdir: pathlib.Path, step: int, state: dict,
+                   config: ml_collections.ConfigDict) -> None:
+    """One checkpoint holding `state` and `config` (no data item), plus config.json."""
+    manager = ocp.CheckpointManager(
+        checkpointing.checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+        item_names=(checkpointing.STATE_ITEM, checkpointing.CONFIG_ITEM))
+    manager.save(step, args=ocp.args.Composite(**{
+        checkpointing.STATE_ITEM: ocp.args.StandardSave(state),
+        checkpointing.CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    checkpointing.write_config(workdir, config)
+
+
+def _example_clip(config: ml_collections.ConfigDict, index: int) -> np.ndarray:
+    """The `index`-th held-out clip of at least `config.sample.num_frames` frames, cut to them."""
+    if index < 0:
+        raise UserError(f"--example_clip={index} must be >= 0.")
+    clips = sample.heldout_clips(config, config.sample.num_frames, index + 1)
+    if len(clips) <= index:
+        raise UserError(f"the {config.data.eval_split} split of {config.data.dataset} has only "
+                        f"{len(clips)} clips of >= {config.sample.num_frames} frames; pass "
+                        f"--example_clip < {len(clips)}.")
+    return clips[index]
+
+
+def _check_trained_tokenizer(config: ml_collections.ConfigDict, fingerprint: str,
+                             vqgan_workdir: pathlib.Path) -> None:
+    """When the GPT's token dataset is at hand, its tokenizer must be the one exported."""
+    data_root, name = config.data.data_root, tfds_io.variant_name(config.data.dataset, "tokens")
+    if not tfds_io.dataset_exists(data_root, name):
+        return
+    stored = tfds_io.read_metadata(data_root, name).get("tokenizer", {})
+    if stored.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"the GPT trained on {tfds_io.dataset_path(data_root, name)}, encoded by checkpoint "
+            f"step {stored.get('step')} of {stored.get('workdir')}, not by the tokenizer in "
+            f"{vqgan_workdir}; pass --vqgan_workdir of the tokenizer the GPT was trained with.")
+
+
+def _count(params: Any) -> int:
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+
+
+def _same_params(a: Any, b: Any) -> bool:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return (jax.tree.structure(a) == jax.tree.structure(b)
+            and all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b)))
+
+
+def folder_size(path: pathlib.Path) -> int:
+    """Bytes of the files under `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _check_out(out: pathlib.Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose "
+                        "another --out.")
+    is_bundle = out.is_dir() and ((out / bundle.MANIFEST).is_file() or not any(out.iterdir()))
+    if not is_bundle:
+        raise UserError(f"{out} is not a bundle folder (no {bundle.MANIFEST}); --overwrite only "
+                        "replaces a bundle: remove it yourself or choose another --out.")
+
+
+def _publish(staging: pathlib.Path, out: pathlib.Path) -> None:
+    """Renames `staging` to `out`, replacing an old `out` only once the new one is in place."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old)
+
+
+def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir: pathlib.Path,
+           vqgan_workdir: pathlib.Path, example_clip: int, command: str) -> None:
+    clip = _example_clip(config, example_clip)
+    source_config = ml_collections.ConfigDict(config.to_dict())
+    source_config.tokenizer.workdir = str(vqgan_workdir)
+    generator = sample.load_generator(source_config, gpt_workdir)
+    tokenizer = generator.tokenizer
+    fingerprint = tokenizer.fingerprint()
+    _check_trained_tokenizer(config, fingerprint, vqgan_workdir)
+
+    bundled = ml_collections.ConfigDict(config.to_dict())
+    bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
+    _write_workdir(staging / bundle.VQGAN_DIR, tokenizer.step, {GEN_PARAMS: tokenizer.params},
+                   tokenizer.config)
+    _write_workdir(staging / bundle.GPT_DIR, generator.step,
+                   {sample.PARAMS_FIELD: generator.params}, bundled)
+    Image.fromarray(clip[0]).save(staging / bundle.FIRST_FRAME)
+    Image.fromarray(clip[-1]).save(staging / bundle.LAST_FRAME)
+
+    run = bundle.load_sample_run(staging)
+    reloaded = sample.load_generator(run.config, run.workdir)
+    if (reloaded.tokenizer.fingerprint() != fingerprint
+            or not _same_params(reloaded.params, generator.params)):
+        raise RuntimeError(f"the bundle in {staging} does not read back as written")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "vqgan": {"source_workdir": str(vqgan_workdir.absolute()), "step": tokenizer.step,
+                  "parameters": _count(tokenizer.params)},
+        "gpt": {"source_workdir": str(gpt_workdir.absolute()), "step": generator.step,
+                "parameters": _count(generator.params)},
+        "tokenizer_fingerprint": fingerprint,
+        "example": {"dataset": config.data.dataset, "split": config.data.eval_split,
+                    "clip": example_clip, "num_frames": config.sample.num_frames},
+    }
+    (staging / bundle.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
+                  vqgan_workdir: str | pathlib.Path | None = None, example_clip: int = 0,
+                  overwrite: bool = False, command: str = "") -> pathlib.Path:
+    """Writes the bundle of `gpt_workdir`'s newest GPT and its tokenizer (by default the
+    run's `tokenizer.workdir`) to `out`; returns `out`. `command` is recorded as provenance."""
+    out, gpt_workdir = pathlib.Path(out), pathlib.Path(gpt_workdir)
+    _check_out(out, overwrite)
+    config = run_config(gpt_workdir)
+    if config.get("stage") != "gpt":
+        raise UserError(f"the checkpoint in {gpt_workdir} is of stage {config.get('stage')!r}, "
+                        "not a GPT; give --gpt_workdir of a stage-2 (gpt) run.")
+    if vqgan_workdir is None:
+        vqgan_workdir = config.tokenizer.workdir
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip, command)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI flags, defined only when run as a script."""
+    flags.DEFINE_string("gpt_workdir", None, "Stage-2 (GPT) workdir to export.")
+    flags.DEFINE_string("vqgan_workdir", None, "Stage-1 (VQ-GAN) workdir of its tokenizer "
+                        "(default: the GPT run's tokenizer.workdir).")
+    flags.DEFINE_string("out", None, "Bundle folder to write.")
+    flags.DEFINE_integer("example_clip", 0, "Which held-out clip (among those of >= "
+                         "config.sample.num_frames frames) gives first.png and last.png.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --out.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if not FLAGS["verbosity"].present:  # orbax's INFO logs
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not FLAGS.gpt_workdir or not FLAGS.out:
+        raise app.UsageError("--gpt_workdir and --out are required.")
+    command = shlex.join(["python", "-m", "ganime_jax.export", *sys.argv[1:]])
+    with exit_on_user_error():
+        out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
+                            example_clip=FLAGS.example_clip, overwrite=FLAGS.overwrite,
+                            command=command)
+    print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,215 @@
+"""Inference bundles: export from tiny runs, read back by the sampling loaders, zero-flag sample."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from configs import gpt_tiny
+from data_prep.tokens import tokenizer_metadata
+from ganime_jax import bundle, cli, export, generation, images, sample
+from ganime_jax.data import tfds_io, video_io
+from ganime_jax.errors import UserError
+from ganime_jax.train import checkpointing
+from ganime_jax.train.tokenizer import load_tokenizer
+from stage2_helpers import gpt_workdir
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+GPT_STEP = 3
+EXAMPLE_CLIP = 1  # the tiny dataset's test split holds two clips of gpt_tiny's 5 sample frames
+NO_CONFIG_FLAG = types.SimpleNamespace(present=0, override_values={})
+
+
+def _export_cli(*args: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ganime_jax.export", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _write_token_dataset(config) -> None:
+    """A one-clip stand-in for the token dataset the GPT trained on, recording its tokenizer."""
+    tokenizer = load_tokenizer(config.tokenizer.workdir)
+    example = {"tokens": np.zeros((4, tokenizer.frame_tokens), np.int16), "n_frames": 4,
+               "source": "ep", "shot_index": 0, "clip_index": 0}
+    tfds_io.write_dataset(config.data.data_root, tfds_io.variant_name(config.data.dataset,
+                                                                      "tokens"),
+                          "tokens", {"train": [example]}, (tokenizer.frame_tokens,),
+                          metadata={"tokenizer": tokenizer_metadata(tokenizer)}, dtype="int16")
+
+
+@pytest.fixture(scope="module")
+def runs(stage1_workdirs, tmp_path_factory):
+    """A tiny stage-2 run on a stage-1 run (both whole train states) and its bundle `demo`,
+    exported through the CLI."""
+    root = tmp_path_factory.mktemp("bundle")
+    config = gpt_tiny.get_config()
+    config.tokenizer.workdir = stage1_workdirs["workdir"]
+    config.data.data_root = str(root / "datasets")
+    clips = tfds_io.variant_name(config.data.dataset, "clips")
+    shutil.copytree(tfds_io.dataset_path(stage1_workdirs["data_root"], clips),
+                    tfds_io.dataset_path(config.data.data_root, clips))
+    _write_token_dataset(config)
+    gpt = gpt_workdir(root / "gpt_run", config, step=GPT_STEP)
+    out = root / "demo"
+    done = _export_cli(f"--gpt_workdir={gpt}", f"--out={out}", f"--example_clip={EXAMPLE_CLIP}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(root=root, config=config, gpt=gpt, vqgan=stage1_workdirs["workdir"],
+                other_vqgan=stage1_workdirs["other_workdir"], out=out, stdout=done.stdout)
+
+
+def _stored_keys(workdir: pathlib.Path) -> set[str]:
+    """Top-level fields of the `state` item of the newest checkpoint, and its items."""
+    directory = checkpointing.checkpoint_dir(workdir)
+    step_dir = directory / str(max(int(p.name) for p in directory.iterdir()))
+    tree = ocp.PyTreeCheckpointer().metadata(step_dir / checkpointing.STATE_ITEM).item_metadata
+    items = {p.name for p in step_dir.iterdir() if p.is_dir()}
+    return {f"{checkpointing.STATE_ITEM}.{key}" for key in tree} | {f"item {i}" for i in items}
+
+
+def test_bundle_holds_only_what_sampling_reads(runs):
+    out = runs["out"]
+    assert runs["stdout"].strip() == f"wrote {out} ({export.folder_size(out) / 2**20:.1f} MiB)"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [bundle.VQGAN_DIR, bundle.GPT_DIR, bundle.FIRST_FRAME, bundle.LAST_FRAME,
+         bundle.MANIFEST])
+    assert sorted(p.name for p in runs["root"].iterdir()) == ["datasets", "demo", "gpt_run"]
+    assert _stored_keys(pathlib.Path(runs["vqgan"])) == {
+        "state.step", "state.gen_params", "state.disc_params", "state.gen_opt_state",
+        "state.disc_opt_state", "state.code_usage", "item config", "item data", "item state"}
+    assert _stored_keys(pathlib.Path(runs["gpt"])) == {
+        "state.step", "state.params", "state.opt_state", "item config", "item data",
+        "item state"}
+    assert _stored_keys(out / bundle.VQGAN_DIR) == {"state.gen_params", "item config",
+                                                    "item state"}
+    assert _stored_keys(out / bundle.GPT_DIR) == {"state.params", "item config", "item state"}
+
+
+def test_manifest_and_bundled_config(runs):
+    out = runs["out"]
+    manifest = json.loads((out / bundle.MANIFEST).read_text())
+    assert manifest["command"].startswith("python -m ganime_jax.export --gpt_workdir=")
+    assert manifest["vqgan"]["source_workdir"] == runs["vqgan"]
+    assert manifest["gpt"]["source_workdir"] == runs["gpt"]
+    assert (manifest["vqgan"]["step"], manifest["gpt"]["step"]) == (1, GPT_STEP)
+    assert manifest["tokenizer_fingerprint"] == load_tokenizer(runs["vqgan"]).fingerprint()
+    assert manifest["example"]["clip"] == EXAMPLE_CLIP
+    stored = json.loads((out / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME).read_text())
+    assert stored["tokenizer"]["workdir"] == bundle.VQGAN_DIR
+    assert stored["model"] == json.loads(runs["config"].to_json())["model"]
+
+
+def test_example_frames_are_the_ends_of_a_held_out_clip(runs):
+    config = runs["config"]
+    clip = sample.heldout_clips(config, config.sample.num_frames, EXAMPLE_CLIP + 1)[EXAMPLE_CLIP]
+    for name, frame in ((bundle.FIRST_FRAME, clip[0]), (bundle.LAST_FRAME, clip[-1])):
+        np.testing.assert_array_equal(np.asarray(Image.open(runs["out"] / name)), frame)
+    assert not np.array_equal(clip[0], clip[-1])
+
+
+def test_bundle_generates_the_clip_of_the_source_runs(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bundle does not depend on the current directory
+    run = bundle.load_sample_run(runs["out"])
+    generators = [sample.load_generator(runs["config"], runs["gpt"]),
+                  sample.load_generator(run.config, run.workdir)]
+    frames = images.load_frame_pair(run.first, run.last, generators[0].tokenizer.frame_shape)
+    settings = runs["config"].sample
+    assert settings.method == "greedy"
+    clips = [generation.generate_frames(
+        g.tokenizer, g.transformer, g.params, frames[0][None], frames[1][None],
+        settings.num_frames, jax.random.key(settings.seed), method=settings.method)
+        for g in generators]
+    np.testing.assert_array_equal(clips[0], clips[1])
+    assert generators[1].step == GPT_STEP
+    assert generators[1].tokenizer.fingerprint() == generators[0].tokenizer.fingerprint()
+
+
+def test_zero_flag_sample_uses_the_bundle(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle, "DEMO_BUNDLE", runs["out"])
+    monkeypatch.chdir(tmp_path)
+    run = cli.resolve_run("sample", NO_CONFIG_FLAG, workdir=None, bundle_dir=None, first=None,
+                          last=None)
+    out = runs["out"]
+    assert run.workdir == str(out / bundle.GPT_DIR)
+    assert (run.first, run.last) == (str(out / bundle.FIRST_FRAME), str(out / bundle.LAST_FRAME))
+    assert run.config.tokenizer.workdir == str(out / bundle.VQGAN_DIR)
+    cli.run_mode("sample", run.config, run.workdir, first=run.first, last=run.last,
+                 num_frames=None, output=None)
+    written = tmp_path / "workdirs" / "demo_sample"
+    assert sorted(p.name for p in written.iterdir()) == ["generated.gif", "generated.mp4"]
+    assert len(list(video_io.read_video(written / "generated.mp4"))) == (
+        runs["config"].sample.num_frames)
+    given = cli.resolve_run("sample", NO_CONFIG_FLAG, workdir=None, bundle_dir=None,
+                            first="a.png", last="b.png")
+    assert (given.first, given.last) == ("a.png", "b.png")
+
+
+def test_main_py_samples_from_a_bundle_in_any_directory(runs, tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=sample",
+                           f"--bundle={runs['out']}", "--num_frames=4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = pathlib.Path("workdirs") / "demo_sample"
+    assert done.stdout.splitlines()[-2:] == [f"wrote {written / 'generated.mp4'}",
+                                             f"wrote {written / 'generated.gif'}"]
+    assert len(list(video_io.read_video(tmp_path / written / "generated.mp4"))) == 4
+
+
+def _raises(match: str, function, *args, **kwargs) -> None:
+    with pytest.raises(UserError, match=match) as error:
+        function(*args, **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_bundle_errors(runs, tmp_path):
+    missing = tmp_path / "nowhere"
+    _raises(f"no inference bundle in {missing} .*export one with `python -m ganime_jax.export "
+            f".*--out={missing}`", cli.resolve_run, "sample", NO_CONFIG_FLAG, workdir=None,
+            bundle_dir=str(missing), first=None, last=None)
+    overridden = types.SimpleNamespace(present=0, override_values={"sample.seed": 1})
+    _raises("--config.sample.seed needs --config=FILE", cli.resolve_run, "sample", overridden,
+            workdir=None, bundle_dir=None, first=None, last=None)
+    _raises("--bundle only applies to --mode=sample", cli.resolve_run, "sample", NO_CONFIG_FLAG,
+            workdir=runs["gpt"], bundle_dir=str(runs["out"]), first=None, last=None)
+
+
+def test_export_refuses_to_overwrite_unless_asked(runs):
+    out, root = runs["out"], runs["root"]
+    done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={out}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {out} already exists; pass --overwrite to replace it or choose another --out."]
+    _raises(f"{root} is not a bundle folder", export.export_bundle, runs["gpt"], root,
+            overwrite=True)
+    _raises("has only 2 clips of >= 5 frames; pass --example_clip < 2", export.export_bundle,
+            runs["gpt"], root / "other", example_clip=2)
+    _raises("the GPT trained on .*tiny_anime_tokens, encoded by checkpoint step 1 of "
+            f"{runs['vqgan']}, not by the tokenizer in {runs['other_vqgan']}; pass "
+            "--vqgan_workdir of the tokenizer", export.export_bundle, runs["gpt"], root / "other",
+            vqgan_workdir=runs["other_vqgan"])
+    before = (out / bundle.MANIFEST).read_text()
+    export.export_bundle(runs["gpt"], out, vqgan_workdir=runs["vqgan"], overwrite=True,
+                         command="again")
+    manifest = json.loads((out / bundle.MANIFEST).read_text())
+    assert manifest["command"] == "again" and manifest["example"]["clip"] == 0
+    assert manifest["tokenizer_fingerprint"] == json.loads(before)["tokenizer_fingerprint"]
+    assert sorted(p.name for p in root.iterdir()) == ["datasets", "demo", "gpt_run"]
+
+
+@pytest.mark.skipif(not (bundle.DEMO_BUNDLE / bundle.GPT_DIR).is_dir(),
+                    reason="the demo bundle is not in ganime_jax/assets/demo yet")
+def test_zero_flag_main_py_with_the_shipped_demo(tmp_path):
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=sample"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = tmp_path / "workdirs" / "demo_sample"
+    assert (written / "generated.mp4").stat().st_size > 0
+    assert (written / "generated.gif").stat().st_size > 0
+    print(f"zero-flag demo sample: {time.perf_counter() - start:.1f} s")
