@@ -29,12 +29,12 @@ def setup():
     return config, fns, frames, load_lpips_params()
 
 
-def _run_steps(setup, devices, num_steps: int, use_disc: bool):
+def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: bool = True):
     config, fns, frames, lpips_params = setup
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
     state, shardings = init_replicated_state(fns, config, mesh, frames.shape[1:],
                                              jax.random.key(0))
-    step = compile_train_step(fns, config, mesh, shardings, use_disc)
+    step = compile_train_step(fns, config, mesh, shardings, use_disc, use_perceptual)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))
     history = []
@@ -67,6 +67,25 @@ def test_eight_device_step_equals_one_device_step(setup):
     leaves_eight = jax.tree.leaves(eight_state.gen_params) + jax.tree.leaves(eight_state.disc_params)
     for a, b in zip(leaves_one, leaves_eight):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_l1_only_phase_skips_lpips(setup):
+    config = setup[0]
+    _, (with_lpips,) = _run_steps(setup, jax.devices()[:1], 1, use_disc=False)
+    _, (l1_only,) = _run_steps(setup, jax.devices()[:1], 1, use_disc=False,
+                               use_perceptual=False)
+    assert "lpips" not in l1_only and with_lpips["lpips"] > 0
+    # Same state and batch: the same reconstruction, so the same L1; LPIPS is added on top.
+    np.testing.assert_allclose(l1_only["l1"], with_lpips["l1"], rtol=1e-6)
+    np.testing.assert_allclose(l1_only["rec_loss"], config.loss.l1_weight * l1_only["l1"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        with_lpips["rec_loss"],
+        config.loss.l1_weight * with_lpips["l1"]
+        + config.loss.perceptual_weight * with_lpips["lpips"], rtol=1e-5)
+    loss_cfg = ml_collections.ConfigDict({"perceptual_start": 3, "disc_start": 5})
+    assert [vqgan_task.training_phase(loss_cfg, s) for s in (0, 2, 3, 4, 5)] == [
+        (False, False), (False, False), (True, False), (True, False), (True, True)]
 
 
 def test_autoencoder_steps_reduce_the_loss_and_restart_dead_codes(setup):

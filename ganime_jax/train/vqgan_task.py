@@ -41,6 +41,11 @@ def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDic
         donate_argnums=0)
 
 
+def training_phase(loss_cfg: ml_collections.ConfigDict, step: int) -> tuple[bool, bool]:
+    """(perceptual loss on, discriminator on) at `step`."""
+    return step >= loss_cfg.perceptual_start, step >= loss_cfg.disc_start
+
+
 def init_replicated_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
                           mesh: jax.sharding.Mesh, frame_shape: tuple[int, int, int],
                           rng: jax.Array) -> tuple[vqgan_step.VQGANState, Any]:
@@ -105,9 +110,8 @@ class VQGANTask:
                                         data_axis=mesh_lib.BATCH_AXES, with_state=True)
 
     def train_step(self, state, batch, rng, step):
-        loss = self.config.loss
-        phase = (step >= loss.perceptual_start, step >= loss.disc_start)
-        return self._steps[phase](state, batch, rng, self.lpips_params)
+        return self._steps[training_phase(self.config.loss, step)](state, batch, rng,
+                                                                   self.lpips_params)
 
     def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict) -> None:
         cfg = self.config
