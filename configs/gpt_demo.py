@@ -5,6 +5,7 @@ the token dataset is built from its workdir on first use:
 
     python main.py --config=configs/vqgan_demo.py          # stage 1 -> workdirs/vqgan_demo
     python main.py --config=configs/gpt_demo.py            # stage 2 -> workdirs/gpt_demo
+    python main.py --config=configs/gpt_demo.py --mode=eval  # -> workdirs/gpt_demo/eval
 
 A 128-wide, 4-layer, 4-head GPT (the "mini" preset at half width, 0.9M parameters) on batches
 of 4 clips cropped to 16 frames; the context is the last frame plus the 2 most recent frames
@@ -35,4 +36,5 @@ def get_config() -> ml_collections.ConfigDict:
                         keep_checkpoints=2, sample_every=200)
     config.eval.update(every=200, num_batches=2, batch_size=16)
     config.sample.update(method="greedy", num_frames=16)
+    config.evaluate.update(num_clips=64, num_frames=16, seeds=(0, 1, 2), method="top_k")
     return config

@@ -108,6 +108,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.fps = 8  # frame rate of written videos
     config.sample.output_dir = ""  # "" = <workdir>/samples
 
+    # --mode=eval: the model against cross-fade, hold and VQ-GAN-reconstruction baselines.
+    config.evaluate = ml_collections.ConfigDict()
+    config.evaluate.num_clips = 256  # the first held-out clips with at least num_frames frames
+    config.evaluate.num_frames = 20
+    config.evaluate.seeds = (0, 1, 2, 3, 4)  # the original reported 5 runs; greedy runs once
+    config.evaluate.batch_size = 16  # clips per generation call
+    # "" = config.sample.method; temperature, top_k and top_p always come from config.sample.
+    config.evaluate.method = ""
+    config.evaluate.fvd = True  # FVD/KVD through I3D at 224x224 (slow on CPU)
+    config.evaluate.i3d_batch_size = 8
+    config.evaluate.metrics_batch_size = 64  # frames per PSNR / SSIM / LPIPS call
+    config.evaluate.ssim_gaussian = True  # tf.image.ssim's 11x11 Gaussian, as GANime evaluated
+    config.evaluate.feature_cache_dir = ""  # "" = <data_root>/i3d_features (true clips' I3D)
+    config.evaluate.output_dir = ""  # "" = <workdir>/eval
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1

@@ -25,4 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
                         checkpoint_every=2, keep_checkpoints=2, sample_every=4)
     config.eval.update(every=4, num_batches=1, batch_size=8)
     config.sample.update(method="greedy", num_frames=5, num_clips=2)
+    config.evaluate.update(num_clips=2, num_frames=5, seeds=(0,), batch_size=2, fvd=False,
+                           i3d_batch_size=2, metrics_batch_size=8)
     return config

@@ -1,0 +1,1 @@
+"""`--mode=eval`: the model against baselines on held-out clips (FVD, KVD, PSNR, SSIM, LPIPS)."""

@@ -1,0 +1,289 @@
+"""`python main.py --mode=eval`: the model and its baselines on held-out clips, in one table.
+
+The first `config.evaluate.num_clips` held-out clips with at least `num_frames` frames are cut
+to `num_frames`; the model generates their in-between frames from their first and last frames
+once per seed (once in all when sampling is greedy, which ignores the seed), and the
+baselines of `baselines.py` are made once. Every set is scored against the true clips
+(`scoring.py`: PSNR, SSIM, LPIPS per in-between frame) and, with `config.evaluate.fvd`, by
+FVD/KVD of I3D features (first frame dropped), the true clips' features cached on disk.
+Results go to `<output_dir>/results.json`, `results.md` and `quality_by_position.png`.
+"""
+import contextlib
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from ganime_jax import conditioning, generation, sample
+from ganime_jax.data import tfds_io
+from ganime_jax.errors import UserError
+from ganime_jax.evaluation import baselines, report, scoring
+from ganime_jax.losses.perceptual import load_lpips_params
+from ganime_jax.metrics import fvd, i3d
+
+OUTPUT_SUBDIR = "eval"  # under the workdir when config.evaluate.output_dir is ""
+FEATURE_CACHE_SUBDIR = "i3d_features"  # under data_root when feature_cache_dir is ""
+MODEL = "model"
+# The deterministic methods, made once each, in table order after the model.
+BASELINE_LABELS = {"reconstruction": "VQ-GAN reconstruction (ceiling)",
+                   "cross_fade": "cross-fade", "hold": "hold first, then last"}
+
+# real_features(compute) -> the true clips' I3D features, e.g. from a cache.
+RealFeatures = Callable[[Callable[[], np.ndarray]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """`config.evaluate` with the sampling settings resolved and checked."""
+
+    num_clips: int
+    num_frames: int
+    seeds: tuple[int, ...]
+    batch_size: int  # clips per generation / reconstruction call
+    method: str
+    temperature: float
+    top_k: int
+    top_p: float
+    fvd: bool
+    i3d_batch_size: int
+    metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
+    ssim_gaussian: bool
+
+    @property
+    def seeds_run(self) -> tuple[int, ...]:
+        """Greedy decoding ignores the seed: one run stands for all."""
+        return self.seeds[:1] if self.method == "greedy" else self.seeds
+
+    def sampling(self) -> dict[str, Any]:
+        return dict(method=self.method, temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p)
+
+    def sampling_label(self) -> str:
+        if self.method == "greedy":
+            return "greedy"
+        knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
+        return f"{self.method}, {knob}, temperature {self.temperature}"
+
+
+def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
+    """EvalSettings of `config.evaluate` ("" method = config.sample.method; temperature, top_k
+    and top_p always from config.sample); one-line UserErrors for values that cannot work."""
+    section, sampling = config.evaluate, config.sample
+    seeds = tuple(section.seeds) if isinstance(section.seeds, (tuple, list)) else ()
+    if not seeds or len(set(seeds)) != len(seeds) or not all(
+            isinstance(seed, int) for seed in seeds):
+        raise UserError(f"config.evaluate.seeds must be distinct integers, got "
+                        f"{section.seeds!r}; e.g. --config.evaluate.seeds='(0, 1, 2)'.")
+    low, high = conditioning.MIN_CLIP_FRAMES, config.model.max_frames
+    if not low <= section.num_frames <= high:
+        raise UserError(f"config.evaluate.num_frames={section.num_frames} is not supported: "
+                        f"this model generates clips of {low} to {high} frames.")
+    least = 2 if section.fvd else 1
+    if section.num_clips < least:
+        raise UserError(f"config.evaluate.num_clips={section.num_clips} is too small: use at "
+                        f"least {least}" + (" (FVD compares two sets of clips) or set "
+                                            "config.evaluate.fvd=False." if section.fvd else "."))
+    for name in ("batch_size", "i3d_batch_size", "metrics_batch_size"):
+        if section[name] < 1:
+            raise UserError(f"config.evaluate.{name} must be at least 1, got {section[name]}.")
+    settings = EvalSettings(
+        num_clips=section.num_clips, num_frames=section.num_frames, seeds=seeds,
+        batch_size=section.batch_size, method=section.method or sampling.method,
+        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+        fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
+        metrics_batch_size=section.metrics_batch_size, ssim_gaussian=section.ssim_gaussian)
+    generation.check_sampling(settings.method, settings.temperature, settings.top_k,
+                              settings.top_p)
+    return settings
+
+
+class Timings(dict):
+    """Seconds spent per named stage, summed over the `with timings("stage"):` blocks."""
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - start
+
+
+def generate_set(generator: sample.Generator, truth: np.ndarray, seed: int,
+                 settings: EvalSettings) -> np.ndarray:
+    """The model's clips between the first and last frames of `truth`, `batch_size` clips per
+    call; batch i samples with fold_in(key(seed), i), so clips of one seed differ."""
+    def generate(index: int, clips: np.ndarray) -> np.ndarray:
+        return generation.generate_frames(
+            generator.tokenizer, generator.transformer, generator.params, clips[:, 0],
+            clips[:, -1], settings.num_frames, jax.random.fold_in(jax.random.key(seed), index),
+            decode_batch_size=generation.default_decode_batch_size(), **settings.sampling())
+    return scoring.map_in_batches(generate, (truth,), settings.batch_size,
+                                  desc=f"generating (seed {seed})")
+
+
+def baseline_set(name: str, generator: sample.Generator, truth: np.ndarray,
+                 settings: EvalSettings) -> np.ndarray:
+    """The clips of baseline `name` (a key of BASELINE_LABELS)."""
+    if name == "cross_fade":
+        return baselines.cross_fade(truth)
+    if name == "hold":
+        return baselines.hold(truth)
+    decode_batch_size = generation.default_decode_batch_size()
+    return scoring.map_in_batches(
+        lambda _, clips: baselines.vqgan_reconstruction(generator.tokenizer, clips,
+                                                        decode_batch_size),
+        (truth,), settings.batch_size, desc="VQ-GAN reconstruction")
+
+
+def evaluate(generator: sample.Generator, truth: np.ndarray, settings: EvalSettings,
+             real_features: RealFeatures | None = None) -> tuple[dict[str, list], Timings]:
+    """({method: [one summary per run]}, timings) for the model and the baselines on `truth`.
+
+    A run's summary is `scoring.summarize`'s, plus "seed" (None for the baselines) and, with
+    `settings.fvd`, "fvd" and "kvd". `real_features` supplies the true clips' I3D features
+    (given the function that computes them); None computes them.
+    """
+    timings = Timings()
+    lpips_params = load_lpips_params()
+    i3d_params = i3d.load_i3d_params() if settings.fvd else None
+
+    def features(clips: np.ndarray) -> np.ndarray:
+        return i3d.i3d_logits(clips, params=i3d_params, batch_size=settings.i3d_batch_size)
+
+    real = None
+    if settings.fvd:
+        with timings("i3d_real"):
+            real = (real_features or (lambda compute: compute()))(lambda: features(truth))
+    plan = [(name, None) for name in BASELINE_LABELS]
+    plan += [(MODEL, seed) for seed in settings.seeds_run]
+    runs: dict[str, list] = {MODEL: [], **{name: [] for name in BASELINE_LABELS}}
+    for name, seed in tqdm(plan, desc="evaluating", unit="set"):
+        with timings("generation" if name == MODEL else "baselines"):
+            clips = (generate_set(generator, truth, seed, settings) if name == MODEL
+                     else baseline_set(name, generator, truth, settings))
+        run: dict[str, Any] = {"seed": seed}
+        if settings.fvd:
+            with timings("i3d"):
+                distances = fvd.fvd_kvd(real, features(clips))
+            run.update(fvd=distances["fvd"], kvd=distances["kvd"])
+        with timings("metrics"):
+            scores = scoring.frame_scores(truth, clips, lpips_params,
+                                          batch_size=settings.metrics_batch_size,
+                                          ssim_gaussian=settings.ssim_gaussian)
+        runs[name].append({**run, **scoring.summarize(scores)})
+    return runs, timings
+
+
+def _longest_heldout_clip(config: ml_collections.ConfigDict) -> int:
+    name = tfds_io.variant_name(config.data.dataset, "clips")
+    split = config.data.eval_split
+    tfds_io.open_split(config.data.data_root, name, split)  # one-line errors if it is missing
+    counts = tfds_io.dataset_summary(config.data.data_root, name)["splits"][split]
+    return max((int(length) for length in counts["n_frames_counts"]), default=0)
+
+
+def heldout_truth(config: ml_collections.ConfigDict, settings: EvalSettings) -> np.ndarray:
+    """The true clips: the first `num_clips` held-out clips that are long enough, cut."""
+    longest = _longest_heldout_clip(config)
+    if longest < settings.num_frames:
+        raise UserError(
+            f"no held-out clip of {config.data.dataset}_clips/{config.data.eval_split} has "
+            f"{settings.num_frames} frames (the longest has {longest}); lower "
+            "config.evaluate.num_frames.")
+    truth = sample.heldout_clips(config, settings.num_frames, settings.num_clips)
+    if settings.fvd and len(truth) < 2:
+        raise UserError(f"only one held-out clip has {settings.num_frames} frames: FVD needs "
+                        "two; lower config.evaluate.num_frames or set config.evaluate.fvd=False.")
+    return truth
+
+
+def _feature_cache(config: ml_collections.ConfigDict, truth: np.ndarray) -> RealFeatures:
+    """The true clips' features through a FeatureCache keyed by dataset, split, length, and
+    the clips' content hash (so that a rebuilt dataset never reuses stale features)."""
+    folder = config.evaluate.feature_cache_dir or str(
+        pathlib.Path(config.data.data_root) / FEATURE_CACHE_SUBDIR)
+    cache = fvd.FeatureCache(folder)
+    key = cache.key(config.data.dataset, config.data.eval_split, truth.shape[1],
+                    num_clips=len(truth), clips_sha256=hashlib.sha256(truth).hexdigest(),
+                    drop_first_frame=True, half_pixel_centers=True)
+    return lambda compute: cache.get_or_compute(key, compute)
+
+
+def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips: int,
+           step: int) -> list[str]:
+    data = config.data
+    notes = [f"{num_clips} held-out clips of {settings.num_frames} frames (the first long "
+             f"enough of {data.dataset}_clips/{data.eval_split}); PSNR, SSIM and LPIPS over "
+             f"the {settings.num_frames - 2} in-between frames (the first and last are given)."]
+    if num_clips < settings.num_clips:
+        notes.append(f"only {num_clips} of the {settings.num_clips} requested clips are long "
+                     "enough.")
+    notes.append(f"model: the step-{step} transformer, {settings.sampling_label()} sampling.")
+    if len(settings.seeds_run) < len(settings.seeds):
+        notes.append(f"greedy sampling ignores the seed: seeds {list(settings.seeds)} would give "
+                     "identical clips, so the model ran once (no spread).")
+    elif len(settings.seeds) > 1:
+        notes.append(f"model: mean ± standard deviation over seeds {list(settings.seeds)}.")
+    notes.append("the VQ-GAN reconstruction and the baselines are deterministic: one run each.")
+    if settings.fvd:
+        notes.append("FVD and KVD: Kinetics-400 I3D logits of the whole clips, first frame "
+                     "dropped, against the true clips' (few clips make them noisy).")
+    notes.append(f"PSNR is capped at {scoring.PSNR_CAP_DB:g} dB per frame (identical frames); "
+                 + ("SSIM: 11x11 Gaussian window (tf.image.ssim)." if settings.ssim_gaussian
+                    else "SSIM: 7x7 uniform window (scikit-image)."))
+    return notes
+
+
+def _methods(runs: dict[str, list], settings: EvalSettings) -> dict[str, dict[str, Any]]:
+    labels = {MODEL: f"model ({settings.sampling_label()})", **BASELINE_LABELS}
+    return {name: {"label": labels[name],
+                   "deterministic": name != MODEL or settings.method == "greedy",
+                   "runs": method_runs, "aggregate": report.aggregate(method_runs)}
+            for name, method_runs in runs.items()}
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Evaluates the newest checkpoint in `workdir`, writes the report and returns its results."""
+    if config.get("stage") != "gpt":
+        raise UserError(f"--mode=eval needs a stage-2 (gpt) config, got stage "
+                        f"{config.get('stage')!r}; pass e.g. --config=configs/gpt_demo.py.")
+    settings = settings_from_config(config)
+    truth = heldout_truth(config, settings)
+    generator = sample.load_generator(config, workdir)
+    if truth.shape[2:] != tuple(generator.tokenizer.frame_shape):
+        raise UserError(
+            f"the clips of {config.data.dataset}_clips have frames of {truth.shape[2:]} but the "
+            f"tokenizer in {config.tokenizer.workdir} makes {generator.tokenizer.frame_shape}; "
+            "evaluate on the dataset the model was trained on.")
+    start = time.perf_counter()
+    runs, timings = evaluate(generator, truth, settings,
+                             _feature_cache(config, truth) if settings.fvd else None)
+    timings["total"] = time.perf_counter() - start
+    results = {
+        "checkpoint_step": generator.step, "tokenizer_step": generator.tokenizer.step,
+        "dataset": config.data.dataset, "split": config.data.eval_split,
+        "num_clips": len(truth), "num_clips_requested": settings.num_clips,
+        "num_frames": settings.num_frames,
+        "scored_positions": list(range(1, settings.num_frames - 1)),
+        "seeds": list(settings.seeds), "seeds_run": list(settings.seeds_run),
+        "sampling": settings.sampling(), "fvd": settings.fvd,
+        "psnr_cap_db": scoring.PSNR_CAP_DB, "ssim_gaussian": settings.ssim_gaussian,
+        "methods": _methods(runs, settings),
+        "notes": _notes(config, settings, len(truth), generator.step),
+        "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+        "config": json.loads(config.to_json()),
+    }
+    output_dir = config.evaluate.output_dir or pathlib.Path(workdir) / OUTPUT_SUBDIR
+    paths = report.write_report(results, output_dir)
+    print(report.markdown_table(results), flush=True)
+    for path in paths.values():
+        print(f"wrote {path}")
+    return results

@@ -1,0 +1,281 @@
+"""`--mode=eval` on a tiny tokenizer + GPT: report files, its numbers against direct metric
+calls, the baselines on hand-made clips, seeds and greedy decoding, errors, main.py end to end.
+
+Frames are 64x128: LPIPS's VGG runs several times slower on XLA:CPU for 16x32 frames (its
+deepest feature maps become 1x2), and the tokenizer gets one more level to keep a 4x8 grid.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import gpt_tiny, vqgan_tiny
+from ganime_jax import cli, sample
+from ganime_jax.data import tfds_io
+from ganime_jax.errors import UserError
+from ganime_jax.evaluation import baselines, report, run, scoring
+from ganime_jax.losses.perceptual import load_lpips_params
+from ganime_jax.metrics import fvd, i3d, image
+from ganime_jax.models.vqgan import VQGAN
+from ganime_jax.train.tokenizer import load_tokenizer
+from stage2_helpers import gpt_workdir, random_params, save_checkpoint
+
+HEIGHT, WIDTH = 64, 128
+CLIP_LENGTHS = (4, 6, 7)  # the held-out clips; the first is too short for NUM_FRAMES
+NUM_FRAMES = 6
+NUM_CLIPS = 2  # all the clips long enough (the dataset decides their order)
+METHODS = ["model", "reconstruction", "cross_fade", "hold"]
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+def _clip(index: int, length: int) -> np.ndarray:
+    """A square sliding over a gradient; clip 1 holds its first drawing for three frames."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    background = np.stack([(2 * x + 40 * index) % 256, (3 * y) % 256,
+                           np.full_like(x, 60 + 30 * index)], axis=-1)
+    frames = []
+    for t in range(length):
+        frame = background.copy()
+        left = 8 + 12 * max(t - 2 * (index == 1), 0)
+        frame[20:44, left:left + 24] = (255, 255 - 40 * index, 0)
+        frames.append(frame.astype(np.uint8))
+    return np.stack(frames)
+
+
+def _clips():
+    for index, length in enumerate(CLIP_LENGTHS):
+        yield {"frames": _clip(index, length), "n_frames": length, "source": "ep",
+               "shot_index": index, "clip_index": 0}
+
+
+def _tokenizer_workdir(path: pathlib.Path) -> str:
+    config = vqgan_tiny.get_config()
+    config.data.update(height=HEIGHT, width=WIDTH)
+    config.model.channel_multipliers = (1, 2, 2, 2, 2)  # 64x128 -> the 4x8 grid of gpt_tiny
+    frames = jax.ShapeDtypeStruct((1, HEIGHT, WIDTH, 3), jnp.float32)
+    save_checkpoint(path, {"gen_params": random_params(VQGAN(**config.model), frames, std=0.1)},
+                    config)
+    return str(path)
+
+
+def _config(setup: dict, name: str, **evaluate):
+    config = gpt_tiny.get_config()
+    config.tokenizer.workdir = setup["tokenizer"]
+    config.data.update(data_root=setup["data_root"], dataset="tiny")
+    config.model.countdown_on_last_frame = False
+    config.sample.update(method="top_k", top_k=8)
+    config.evaluate.update(num_clips=NUM_CLIPS, num_frames=NUM_FRAMES, seeds=(0, 1),
+                           batch_size=1, fvd=False, i3d_batch_size=NUM_CLIPS,
+                           metrics_batch_size=8, output_dir=str(setup["root"] / name),
+                           feature_cache_dir=str(setup["root"] / "features"))
+    config.evaluate.update(**evaluate)
+    return config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("eval")
+    data_root = str(root / "data")
+    tfds_io.write_dataset(data_root, "tiny_clips", "clips", {"test": _clips()},
+                          (HEIGHT, WIDTH, 3))
+    setup = dict(root=root, data_root=data_root, tokenizer=_tokenizer_workdir(root / "vqgan"))
+    setup["workdir"] = gpt_workdir(root / "gpt", _config(setup, "unused"))
+    return setup
+
+
+@pytest.fixture(scope="module")
+def truth(setup) -> np.ndarray:
+    clips = sample.heldout_clips(_config(setup, "unused"), NUM_FRAMES, NUM_CLIPS)
+    expected = [_clip(i, n)[:NUM_FRAMES] for i, n in enumerate(CLIP_LENGTHS) if n >= NUM_FRAMES]
+    assert sorted(c.tobytes() for c in clips) == sorted(c.tobytes() for c in expected)
+    return clips
+
+
+@pytest.fixture(scope="module")
+def tokenizer(setup):
+    return load_tokenizer(setup["tokenizer"])
+
+
+@pytest.fixture(scope="module")
+def sampled(setup) -> dict:
+    """Top-k sampling over two seeds, with FVD."""
+    config = _config(setup, "sampled", fvd=True)
+    return {"results": run.run_eval(config, setup["workdir"]), "config": config}
+
+
+def test_report_files_are_written(sampled):
+    folder = pathlib.Path(sampled["config"].evaluate.output_dir)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [report.JSON_NAME, report.TABLE_NAME, report.PLOT_NAME])  # no temporary files left
+    assert json.loads((folder / report.JSON_NAME).read_text()) == json.loads(
+        json.dumps(sampled["results"]))
+    assert (folder / report.PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (folder / report.TABLE_NAME).read_text(encoding="utf-8").splitlines()
+    assert table[0] == "| method | runs | FVD ↓ | KVD ↓ | PSNR ↑ (dB) | SSIM ↑ | LPIPS ↓ |"
+    rows = {cells[0][2:]: cells for cells in (line.split(" | ") for line in table[2:6])}
+    model = rows["model (top_k, k=8, temperature 1.0)"]
+    assert model[1] == "2" and all("±" in cell for cell in model[2:])
+    for label in run.BASELINE_LABELS.values():
+        assert rows[label][1] == "1" and not any("±" in cell for cell in rows[label])
+    assert any("standard deviation over seeds [0, 1]" in line for line in table)
+
+
+def test_results_hold_every_run_and_the_spread_over_seeds(sampled):
+    results = sampled["results"]
+    assert list(results["methods"]) == METHODS
+    assert (results["num_clips"], results["num_frames"], results["checkpoint_step"]) == (
+        NUM_CLIPS, NUM_FRAMES, 1)
+    assert results["seeds_run"] == [0, 1] and results["config"]["evaluate"]["fvd"] is True
+    model = results["methods"]["model"]
+    assert [r["seed"] for r in model["runs"]] == [0, 1] and not model["deterministic"]
+    for key in ("fvd", "kvd", "psnr", "ssim", "lpips"):
+        values = [r[key] for r in model["runs"]]
+        stats = model["aggregate"][key]
+        assert values[0] != values[1]  # the seeds sample different clips
+        np.testing.assert_allclose([stats["mean"], stats["std"]],
+                                   [np.mean(values), np.std(values, ddof=1)], rtol=1e-9)
+    curve = model["aggregate"]["per_position"]["lpips"]
+    assert len(curve["mean"]) == len(curve["std"]) == NUM_FRAMES - 2
+    for name in METHODS[1:]:
+        method = results["methods"][name]
+        assert method["deterministic"] and [r["seed"] for r in method["runs"]] == [None]
+        assert method["aggregate"]["psnr"]["std"] is None
+        assert len(method["runs"][0]["per_video"]["ssim"]) == NUM_CLIPS
+
+
+def test_baseline_numbers_equal_direct_metric_calls(sampled, setup, truth, tokenizer):
+    methods = sampled["results"]["methods"]
+    made = {"cross_fade": baselines.cross_fade(truth), "hold": baselines.hold(truth),
+            "reconstruction": baselines.vqgan_reconstruction(tokenizer, truth, 2)}
+    lpips_params = load_lpips_params()
+    for name, clips in made.items():
+        run_ = methods[name]["runs"][0]
+        a, b = truth[:, 1:-1], clips[:, 1:-1]
+        psnr = np.minimum(np.asarray(image.psnr(a, b)), scoring.PSNR_CAP_DB)
+        ssim = np.asarray(image.ssim(a, b, gaussian_weights=True, use_sample_covariance=False))
+        lpips = image.lpips_frames(lpips_params, a, b, batch_size=8)
+        for key, values in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)):
+            np.testing.assert_allclose(run_["per_video"][key], values.mean(axis=1), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(run_["per_position"][key], values.mean(axis=0),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(run_[key], values.mean(), rtol=1e-5, err_msg=name)
+    # The held drawing: hold copies frames 1 and 2 exactly (infinite PSNR, scored as the cap).
+    [held] = [i for i, clip in enumerate(truth) if np.array_equal(clip[0], clip[2])]
+    assert np.all(np.isinf(np.asarray(image.psnr(truth[held, 1:3], made["hold"][held, 1:3]))))
+    assert methods["hold"]["runs"][0]["per_video"]["psnr"][held] > scoring.PSNR_CAP_DB / 2
+
+    params = i3d.load_i3d_params()
+    real = i3d.i3d_logits(truth, params=params)
+    [cached] = list((setup["root"] / "features").glob("*.npz"))
+    with np.load(cached) as stored:
+        np.testing.assert_allclose(stored["features"], real, rtol=1e-4, atol=1e-4)
+    fake = i3d.i3d_logits(made["cross_fade"], params=params)
+    np.testing.assert_allclose(methods["cross_fade"]["runs"][0]["fvd"],
+                               fvd.frechet_distance(real, fake), rtol=1e-3)
+    np.testing.assert_allclose(methods["cross_fade"]["runs"][0]["kvd"],
+                               fvd.kernel_distance(real, fake), rtol=1e-3, atol=1e-6)
+
+
+def test_cross_fade_and_hold_on_hand_made_clips():
+    first, last = np.zeros((2, 3, 4, 3), np.uint8), np.full((2, 3, 4, 3), 200, np.uint8)
+    for num_frames, faded, held in ((5, [0, 50, 100, 150, 200], [0, 0, 0, 200, 200]),
+                                    (4, [0, 67, 133, 200], [0, 0, 200, 200])):
+        clips = np.concatenate([first[:, None]] + [np.full((2, num_frames - 2, 3, 4, 3), 77,
+                                                           np.uint8)] + [last[:, None]], axis=1)
+        for fn, expected in ((baselines.cross_fade, faded), (baselines.hold, held)):
+            out = fn(clips)
+            assert out.dtype == np.uint8 and out.shape == clips.shape
+            np.testing.assert_array_equal(
+                out, np.broadcast_to(np.array(expected, np.uint8)[None, :, None, None, None],
+                                     clips.shape))
+    with pytest.raises(UserError, match="T >= 3"):
+        baselines.hold(np.zeros((1, 2, 3, 4, 3), np.uint8))
+    with pytest.raises(UserError, match="uint8"):
+        baselines.cross_fade(np.zeros((1, 4, 3, 4, 3), np.float32))
+
+
+def test_reconstruction_keeps_the_ends_and_codes_the_middle(truth, tokenizer):
+    out = baselines.vqgan_reconstruction(tokenizer, truth, decode_batch_size=2)
+    np.testing.assert_array_equal(out[:, [0, -1]], truth[:, [0, -1]])
+    middle = truth[:, 1:-1].reshape(-1, HEIGHT, WIDTH, 3)
+    expected = np.asarray(tokenizer.decode(tokenizer.encode(middle)))
+    np.testing.assert_array_equal(out[:, 1:-1].reshape(middle.shape), expected)
+    assert np.abs(out[:, 1:-1].astype(int) - truth[:, 1:-1]).mean() > 1  # not a copy
+
+
+def test_map_in_batches_pads_the_last_batch_and_drops_its_outputs():
+    calls = []
+
+    def fn(index, a, b):
+        calls.append((index, len(a)))
+        return a * 10 + b
+
+    a, b = np.arange(7), np.arange(7) % 3
+    np.testing.assert_array_equal(scoring.map_in_batches(fn, (a, b), 3), a * 10 + b)
+    assert calls == [(0, 3), (1, 3), (2, 3)]
+    np.testing.assert_array_equal(scoring.map_in_batches(fn, (a, b), 10), a * 10 + b)
+    assert calls[-1] == (0, 7)
+
+
+def test_errors_are_one_line(setup, tmp_path):
+    empty = str(tmp_path / "empty")
+    cases = [
+        (dict(num_frames=8), None, r"no held-out clip of tiny_clips/test has 8 frames \(the "
+         r"longest has 7\); lower config.evaluate.num_frames"),
+        (dict(num_frames=7, fvd=True), None, "only one held-out clip has 7 frames: FVD needs "
+         "two"),
+        (dict(num_frames=9), None, "config.evaluate.num_frames=9 is not supported"),
+        (dict(), empty, "no GPT checkpoint in .*empty; train it"),
+        (dict(seeds=(0, 0)), None, "config.evaluate.seeds must be distinct integers"),
+        (dict(num_clips=1, fvd=True), None, "num_clips=1 is too small: use at least 2"),
+        (dict(method="beam"), None, "sampling method 'beam' is unknown"),
+        (dict(batch_size=0), None, "config.evaluate.batch_size must be at least 1"),
+    ]
+    for evaluate, workdir, message in cases:
+        with pytest.raises(UserError, match=message) as error:
+            run.run_eval(_config(setup, "errors", **evaluate), workdir or setup["workdir"])
+        assert "\n" not in str(error.value)
+    missing_data = _config(setup, "errors")
+    missing_data.data.data_root = empty
+    with pytest.raises(UserError, match="no dataset at"):
+        run.run_eval(missing_data, setup["workdir"])
+    with pytest.raises(UserError, match="--mode=eval needs a stage-2"):
+        run.run_eval(vqgan_tiny.get_config(), setup["workdir"])
+    with pytest.raises(UserError, match="--first only applies to --mode=sample"):
+        cli.run_mode("eval", _config(setup, "errors"), setup["workdir"], first="a.png")
+    assert not (setup["root"] / "errors").exists()
+
+
+def test_main_py_eval_end_to_end_greedy_runs_once(setup):
+    """gpt_tiny samples greedily: three seeds, one run, and the table says why."""
+    root, output = setup["root"], setup["root"] / "main_eval"
+    command = [sys.executable, "main.py", "--config=configs/gpt_tiny.py", "--mode=eval",
+               f"--config.tokenizer.workdir={setup['tokenizer']}",
+               f"--config.data.data_root={setup['data_root']}", "--config.data.dataset=tiny",
+               "--config.model.countdown_on_last_frame=False",
+               f"--config.evaluate.num_frames={NUM_FRAMES}", "--config.evaluate.seeds=(3, 4, 5)",
+               f"--config.evaluate.output_dir={output}", "--config.evaluate.num_clips=1",
+               f"--workdir={setup['workdir']}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| method | runs | PSNR ↑ (dB) | SSIM ↑ | LPIPS ↓ |"
+    assert lines[2].startswith("| model (greedy) | 1 |")
+    assert lines[-3:] == [f"wrote {output / name}" for name in
+                          (report.JSON_NAME, report.TABLE_NAME, report.PLOT_NAME)]
+    assert any("seeds [3, 4, 5] would give identical clips" in line for line in lines)
+    results = json.loads((output / report.JSON_NAME).read_text())
+    model = results["methods"]["model"]
+    assert results["num_clips"] == 1 and results["seeds_run"] == [3]
+    assert [r["seed"] for r in model["runs"]] == [3] and model["deterministic"]
+    assert model["aggregate"]["lpips"]["std"] is None and "fvd" not in model["aggregate"]
+    failed = subprocess.run(command[:-1] + [f"--workdir={root / 'nothing'}"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        f"error: no GPT checkpoint in {root / 'nothing'}; train it")
