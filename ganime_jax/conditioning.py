@@ -88,3 +88,23 @@ def valid_targets(n_frames: jax.Array, num_frames: int) -> jax.Array:
     """(B, M-2) bool: which targets t = 1..M-2 of a batch padded to `num_frames` are real."""
     t = jnp.asarray(target_frames(num_frames))
     return remaining_frames(t[None, :], n_frames.astype(jnp.int32)[:, None]) >= 1
+
+
+def copy_baseline_accuracies(tokens: np.ndarray, n_frames: np.ndarray) -> dict[str, float]:
+    """Token accuracy over the valid targets of two predictors that need no model.
+
+    `copy_previous`: frame t is frame t-1 (the reference for teacher-forced accuracy, whose
+    context holds the true frame t-1). `nearer_end`: frame t is the first frame up to the middle
+    of the clip, the last frame after it (the reference for generation, which sees only those).
+    tokens (B, M, hw), n_frames (B,) with the padding convention of `teacher_forcing_inputs`.
+    """
+    tokens, n_frames = np.asarray(tokens), np.asarray(n_frames).astype(np.int64)
+    t = target_frames(tokens.shape[1])
+    valid = np.asarray(valid_targets(n_frames, tokens.shape[1]))  # (B, F)
+    targets = tokens[:, t]
+    last = np.take_along_axis(tokens, np.clip(n_frames - 1, 0, None)[:, None, None], axis=1)
+    first_half = t[None, :] <= (n_frames[:, None] - 1) / 2  # (B, F)
+    nearer_end = np.where(first_half[..., None], tokens[:, :1], last)
+    count = max(int(valid.sum()) * tokens.shape[2], 1)
+    return {name: float(((guess == targets) & valid[..., None]).sum() / count)
+            for name, guess in (("copy_previous", tokens[:, t - 1]), ("nearer_end", nearer_end))}

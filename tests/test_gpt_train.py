@@ -68,6 +68,20 @@ def test_conditioning_convention():
     np.testing.assert_array_equal(context[:, :, 0], [[0, 1], [6, 7]])
 
 
+def test_copy_baselines_count_only_valid_targets():
+    # Clip 0 (5 frames, tokens per frame [a, b]): targets t = 1, 2, 3. Clip 1 has 4 real frames
+    # (targets 1, 2) and one padded frame whose values must not count.
+    tokens = np.array([[[1, 1], [1, 2], [3, 2], [3, 3], [4, 4]],
+                       [[5, 5], [5, 5], [6, 6], [6, 6], [9, 9]]])
+    result = conditioning.copy_baseline_accuracies(tokens, np.array([5, 4]))
+    # copy previous: clip 0 targets [1,2] [3,2] [3,3] vs [1,1] [1,2] [3,2] -> 1 + 1 + 1 of 6;
+    # clip 1 targets [5,5] [6,6] vs [5,5] [5,5] -> 2 of 4.
+    assert result["copy_previous"] == 5 / 10
+    # nearer end: clip 0 (middle 2) guesses first, first, last = [1,1] [1,1] [4,4] -> 1 of 6;
+    # clip 1 (middle 1.5) guesses first, last = [5,5] [6,6] -> 4 of 4.
+    assert result["nearer_end"] == 5 / 10
+
+
 def test_teacher_forced_loss_equals_a_per_frame_loop(setup):
     config, model, params, tokens, n_frames = setup
     sums = jax.jit(gpt_step.teacher_forced_sums, static_argnums=(0, 5))(

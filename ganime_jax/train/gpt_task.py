@@ -222,6 +222,9 @@ class GPTTask:
         """Held-out loss and token accuracy, teacher-forced and from own (greedy) predictions.
 
         `own_*` is the accuracy of greedy generation from each clip's first and last frame.
+        `copy_previous_accuracy` and `nearer_end_accuracy` are what copying gets on the same
+        targets (see `conditioning.copy_baseline_accuracies`): the bars for teacher-forced and
+        own accuracy.
         """
         totals = {own: gpt_step.Sums(0.0, 0.0, 0.0) for own in (False, True)}
         with self.context():
@@ -238,6 +241,11 @@ class GPTTask:
             result[f"{prefix}_loss"] = totals[own].loss / count
             result[f"{prefix}_accuracy"] = totals[own].correct / count
         result["num_tokens"] = totals[False].count
+        batches = self._held_out_batches()
+        baselines = conditioning.copy_baseline_accuracies(
+            np.concatenate([b["tokens"] for b in batches]),
+            np.concatenate([b["n_frames"] for b in batches]))
+        result.update({f"{name}_accuracy": value for name, value in baselines.items()})
         return result
 
 
