@@ -55,7 +55,11 @@ def _cell(stats: dict[str, Any] | None, fmt: str) -> str:
     if stats is None:
         return "-"
     text = fmt.format(stats["mean"])
-    return text if stats["std"] is None else f"{text} ± {fmt.format(stats['std'])}"
+    if stats["std"] is None:
+        return text
+    # The spread to the mean's last digit, so that both read on the same scale.
+    decimals = len(text.partition(".")[2]) if "e" not in text else 2
+    return f"{text} ± {stats['std']:.{decimals}f}"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
