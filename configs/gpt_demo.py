@@ -1,4 +1,4 @@
-"""A small GPT trained on the embedded synthetic anime clips in ~15 minutes on 2 CPU cores.
+"""A small GPT trained on the embedded synthetic anime clips in ~16 minutes on 2 CPU cores.
 
 Tokenised by the demo VQ-GAN (`configs/vqgan_demo.py`: 64x128 frames, 8x16 grid, 512 codes);
 the token dataset is built from its workdir on first use:
@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_frames_before = 2
     config.model.countdown_on_last_frame = False
     config.optimizer.update(lr=1e-3, init_lr=1e-4, grad_accum_steps=1)
-    # About 2.5 CPU-seconds per step (2 cores): ~12 minutes of steps, teacher forcing for the
+    # About 2.2 s per step on 2 idle cores: ~15 minutes of steps, teacher forcing for the
     # first 2/5 (the reference's ratio, from gpt_kny), then the model's own predictions.
     config.train.update(batch_size=4, num_steps=400, log_every=20, checkpoint_every=100,
                         keep_checkpoints=2, sample_every=200)

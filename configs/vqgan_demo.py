@@ -1,4 +1,4 @@
-"""A small VQ-GAN trained on the embedded synthetic anime dataset in ~10 minutes on 2 CPU cores.
+"""A small VQ-GAN trained on the embedded synthetic anime dataset in ~12 minutes on 2 CPU cores.
 
 The dataset is built on first use (about a minute); nothing is downloaded. Same 64x128 frames
 and 8x16 token grid as the reference, with narrower layers and a smaller codebook.
