@@ -57,3 +57,20 @@ def test_warmup_then_cosine_schedule():
     assert schedule(110) < 1e-8
     with pytest.raises(UserError, match="unknown learning-rate schedule"):
         optimizers.learning_rate_schedule(1e-3, schedule="linear", warmup_steps=0, total_steps=5)
+
+
+@pytest.mark.parametrize("name,grid", [("vqgan_kny", (8, 16)), ("vqgan_demo", (8, 16)),
+                                       ("vqgan_tiny", (4, 8)), ("vqgan_moving_mnist", (8, 8))])
+def test_stage1_configs_pass_the_check_and_give_their_token_grid(name, grid):
+    import importlib
+
+    from ganime_jax.models.vqgan import VQGAN
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config_check.check_fields(config, vqgan_kny.get_config(), "configs/vqgan_kny.py")
+    frames = jax.ShapeDtypeStruct((1, config.data.height, config.data.width, 3), np.float32)
+    model = VQGAN(**config.model)
+    indices = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.key(0), x, method=model.encode)[0][0],
+        frames)
+    assert indices.shape == (1, *grid)
