@@ -149,9 +149,10 @@ def output_paths(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     return stem.with_suffix(VIDEO_SUFFIX), stem.with_suffix(GIF_SUFFIX)
 
 
-def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int) -> np.ndarray:
+def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int,
+                  lower_hint: str = "pass a smaller --num_frames") -> np.ndarray:
     """uint8 (<= count, num_frames, H, W, 3): the opening frames of the first held-out clips
-    that are long enough."""
+    that are long enough; a one-line error ending in `lower_hint` when none is."""
     root, split = config.data.data_root, config.data.eval_split
     name = tfds_io.variant_name(config.data.dataset, "clips")
     source = tfds_io.open_split(root, name, split)
@@ -159,7 +160,7 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
     longest = max((int(n) for n in counts), default=0)
     if longest < num_frames:
         raise UserError(f"no held-out clip of {name}/{split} has {num_frames} frames (the longest "
-                        f"has {longest}); pass a smaller --num_frames.")
+                        f"has {longest}); {lower_hint}.")
     clips = []
     for index in range(len(source)):
         example = source[index]

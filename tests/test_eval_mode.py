@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import gpt_tiny, vqgan_tiny
-from ganime_jax import cli, sample
+from ganime_jax import batching, cli, sample
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import baselines, report, run, scoring
@@ -216,9 +216,9 @@ def test_map_in_batches_pads_the_last_batch_and_drops_its_outputs():
         return a * 10 + b
 
     a, b = np.arange(7), np.arange(7) % 3
-    np.testing.assert_array_equal(scoring.map_in_batches(fn, (a, b), 3), a * 10 + b)
+    np.testing.assert_array_equal(batching.map_in_batches(fn, (a, b), 3), a * 10 + b)
     assert calls == [(0, 3), (1, 3), (2, 3)]
-    np.testing.assert_array_equal(scoring.map_in_batches(fn, (a, b), 10), a * 10 + b)
+    np.testing.assert_array_equal(batching.map_in_batches(fn, (a, b), 10), a * 10 + b)
     assert calls[-1] == (0, 7)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ganime_jax import conditioning, generation, sample
-from ganime_jax.data import tfds_io
+from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import baselines, report, scoring
 from ganime_jax.losses.perceptual import load_lpips_params
@@ -125,7 +125,7 @@ def generate_set(generator: sample.Generator, truth: np.ndarray, seed: int,
             generator.tokenizer, generator.transformer, generator.params, clips[:, 0],
             clips[:, -1], settings.num_frames, jax.random.fold_in(jax.random.key(seed), index),
             decode_batch_size=generation.default_decode_batch_size(), **settings.sampling())
-    return scoring.map_in_batches(generate, (truth,), settings.batch_size,
+    return map_in_batches(generate, (truth,), settings.batch_size,
                                   desc=f"generating (seed {seed})")
 
 
@@ -137,7 +137,7 @@ def baseline_set(name: str, generator: sample.Generator, truth: np.ndarray,
     if name == "hold":
         return baselines.hold(truth)
     decode_batch_size = generation.default_decode_batch_size()
-    return scoring.map_in_batches(
+    return map_in_batches(
         lambda _, clips: baselines.vqgan_reconstruction(generator.tokenizer, clips,
                                                         decode_batch_size),
         (truth,), settings.batch_size, desc="VQ-GAN reconstruction")
@@ -182,23 +182,10 @@ def evaluate(generator: sample.Generator, truth: np.ndarray, settings: EvalSetti
     return runs, timings
 
 
-def _longest_heldout_clip(config: ml_collections.ConfigDict) -> int:
-    name = tfds_io.variant_name(config.data.dataset, "clips")
-    split = config.data.eval_split
-    tfds_io.open_split(config.data.data_root, name, split)  # one-line errors if it is missing
-    counts = tfds_io.dataset_summary(config.data.data_root, name)["splits"][split]
-    return max((int(length) for length in counts["n_frames_counts"]), default=0)
-
-
 def heldout_truth(config: ml_collections.ConfigDict, settings: EvalSettings) -> np.ndarray:
     """The true clips: the first `num_clips` held-out clips that are long enough, cut."""
-    longest = _longest_heldout_clip(config)
-    if longest < settings.num_frames:
-        raise UserError(
-            f"no held-out clip of {config.data.dataset}_clips/{config.data.eval_split} has "
-            f"{settings.num_frames} frames (the longest has {longest}); lower "
-            "config.evaluate.num_frames.")
-    truth = sample.heldout_clips(config, settings.num_frames, settings.num_clips)
+    truth = sample.heldout_clips(config, settings.num_frames, settings.num_clips,
+                                 lower_hint="lower config.evaluate.num_frames")
     if settings.fvd and len(truth) < 2:
         raise UserError(f"only one held-out clip has {settings.num_frames} frames: FVD needs "
                         "two; lower config.evaluate.num_frames or set config.evaluate.fvd=False.")

@@ -4,36 +4,17 @@ Only the in-between frames 1..T-2 are scored: the first and last frames are give
 method, so they carry no information (and identical frames have an infinite PSNR).
 """
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from ganime_jax.batching import map_in_batches
 from ganime_jax.losses.perceptual import LpipsParams
 from ganime_jax.metrics import image
 
 # PSNR of identical frames is infinite, which would make any mean infinite; a frame that a
 # method reproduces exactly (a held drawing, a static shot) scores this instead.
 PSNR_CAP_DB = 100.0
-
-
-def map_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int,
-                   desc: str | None = None) -> np.ndarray:
-    """`fn(index, *batches)` over consecutive batches of `batch_size` rows of `arrays`, outputs
-    concatenated. The last batch is padded with copies of its last row (so that a jitted `fn`
-    compiles once) and the outputs of the padding are dropped. `desc` names a progress bar."""
-    count = len(arrays[0])
-    size = min(batch_size, count)
-    starts = range(0, count, size)
-    outputs = []
-    for index, start in enumerate(tqdm(starts, desc=desc, unit="batch", leave=False,
-                                       disable=desc is None or len(starts) < 2)):
-        batches = [array[start:start + size] for array in arrays]
-        valid = len(batches[0])
-        batches = [np.concatenate([b, np.repeat(b[-1:], size - valid, axis=0)])
-                   for b in batches]
-        outputs.append(np.asarray(fn(index, *batches))[:valid])
-    return np.concatenate(outputs)
 
 
 def frame_scores(truth: np.ndarray, clips: np.ndarray, lpips_params: LpipsParams, *,

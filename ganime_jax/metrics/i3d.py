@@ -31,8 +31,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
+from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
 from ganime_jax.weights_io import load_package_weights, package_file
 
@@ -251,18 +251,10 @@ def i3d_logits(videos: np.ndarray, params: I3dParams | None = None, batch_size: 
                         f"video (the first is dropped: {drop_first_frame}), got {videos.shape[1]}")
     if batch_size < 1:
         raise UserError(f"I3D batch_size must be positive, got {batch_size}")
-    num = videos.shape[0]
-    if num == 0:
+    if videos.shape[0] == 0:
         return np.zeros((0, NUM_CLASSES), np.float32)
     params = load_i3d_params() if params is None else params
-    batch_size = min(batch_size, num)
-    starts = range(0, num, batch_size)
-    outputs = []
-    for start in tqdm(starts, desc="I3D", unit="batch", disable=len(starts) < 2, leave=False):
-        chunk = videos[start:start + batch_size]
-        if chunk.shape[0] < batch_size:
-            pad = np.repeat(chunk[-1:], batch_size - chunk.shape[0], axis=0)
-            chunk = np.concatenate([chunk, pad])
-        logits = _logits_of_uint8(params, chunk, drop_first_frame, half_pixel_centers)
-        outputs.append(np.asarray(logits)[:min(batch_size, num - start)])
-    return np.concatenate(outputs).astype(np.float32)
+    logits = map_in_batches(
+        lambda _, chunk: _logits_of_uint8(params, chunk, drop_first_frame, half_pixel_centers),
+        (videos,), batch_size, desc="I3D")
+    return logits.astype(np.float32)

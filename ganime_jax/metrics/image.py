@@ -15,8 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
+from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import LpipsParams, lpips_distance
 
@@ -134,18 +134,8 @@ def lpips_frames(params: LpipsParams, a: np.ndarray, b: np.ndarray,
         raise UserError(f"lpips_frames batch_size must be positive, got {batch_size}")
     lead = a.shape[:-3]
     a, b = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
-    num = a.shape[0]
-    if num == 0:
+    if a.shape[0] == 0:
         return np.zeros(lead, np.float32)
-    batch_size = min(batch_size, num)
-    starts = range(0, num, batch_size)
-    outputs = []
-    for start in tqdm(starts, desc="LPIPS", unit="batch", disable=len(starts) < 2, leave=False):
-        chunk_a, chunk_b = a[start:start + batch_size], b[start:start + batch_size]
-        if chunk_a.shape[0] < batch_size:
-            pad = batch_size - chunk_a.shape[0]
-            chunk_a = np.concatenate([chunk_a, np.repeat(chunk_a[-1:], pad, axis=0)])
-            chunk_b = np.concatenate([chunk_b, np.repeat(chunk_b[-1:], pad, axis=0)])
-        values = np.asarray(_lpips_uint8(params, chunk_a, chunk_b))
-        outputs.append(values[:min(batch_size, num - start)])
-    return np.concatenate(outputs).astype(np.float32).reshape(lead)
+    values = map_in_batches(lambda _, x, y: _lpips_uint8(params, x, y), (a, b), batch_size,
+                            desc="LPIPS")
+    return values.astype(np.float32).reshape(lead)
