@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.encode_clips_per_shard = 128
 
     config.model = ml_collections.ConfigDict()
+    # "window": GANime's layout, a sequence per target frame; "sequence": the whole clip in one
+    # block-causal pass (ganime_jax/models/frame_sequence.py), n_frames_before then being the
+    # attention window (0: the whole history). See the README's "Stage-2 layouts".
+    config.model.layout = "window"
     config.model.gpt = gpt_fields("gpt2-medium", vocab_size=1024, dtype="bfloat16",
                                   remat="nothing_saveable")
     config.model.frame_tokens = 128

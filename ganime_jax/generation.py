@@ -8,7 +8,9 @@ convention training uses.
 
 When the transformer is built with `countdown_on_last_frame=False` the last frame's keys and
 values do not depend on the step; they are then computed once (`prefix_cache`) and every step
-runs the transformer on the context frames only.
+runs the transformer on the context frames only. The `sequence` layout always works this way:
+each step feeds one frame's block against a fixed-size cache of the last frame and the frames
+before (`frame_sequence.rollout`).
 """
 import functools
 from typing import Any, Protocol
@@ -19,6 +21,8 @@ import numpy as np
 
 from ganime_jax import conditioning
 from ganime_jax.errors import UserError
+from ganime_jax.models.frame_layouts import Transformer
+from ganime_jax.models.frame_sequence import FrameSequenceTransformer, rollout
 from ganime_jax.models.ganime_transformer import GANimeTransformer
 
 METHODS = ("greedy", "top_k", "top_p")
@@ -110,24 +114,46 @@ def _generate(transformer: GANimeTransformer, params: Any, first_tokens: jax.Arr
                                       method=GANimeTransformer.prefix_cache)
     sample = functools.partial(sample_tokens, method=method, temperature=temperature,
                                top_k=top_k, top_p=top_p)
-    example_ids = jnp.arange(batch)
-
     def step(clip: jax.Array, schedule: tuple[jax.Array, jax.Array, jax.Array]):
         t, context_t, remaining_t = schedule
         context = jnp.take(clip, context_t, axis=1)
         logits = transformer.apply(
             variables, None if use_prefix else last_tokens, context,
             jnp.full((batch,), remaining_t), prefix_kv=prefix_kv)
-        # One key per example and step: an example's sample does not depend on the batch.
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, t), example_ids)
-        frame = jax.vmap(sample)(logits, keys)
+        frame = _sample_frame(sample, logits, rng, t)
         return jax.lax.dynamic_update_index_in_dim(clip, frame, t, axis=1), None
 
     clip, _ = jax.lax.scan(step, clip, (steps, context_index, remaining))
     return clip
 
 
-def generate_tokens(transformer: GANimeTransformer, params: Any, first_tokens: jax.Array,
+def _sample_frame(sample: Any, logits: jax.Array, rng: jax.Array, t: jax.Array) -> jax.Array:
+    """Frame t's tokens (B, hw) from logits (B, hw, V), one key per example and frame: an
+    example's sample does not depend on the batch it is in."""
+    example_ids = jnp.arange(logits.shape[0])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, t), example_ids)
+    return jax.vmap(sample)(logits, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("transformer", "num_frames", "method", "top_k"))
+def _generate_sequence(transformer: FrameSequenceTransformer, params: Any,
+                       first_tokens: jax.Array, last_tokens: jax.Array, rng: jax.Array,
+                       temperature: jax.Array, top_p: jax.Array, *, num_frames: int, method: str,
+                       top_k: int) -> jax.Array:
+    """The sequence layout's clip: one cached step per frame (`frame_sequence.rollout`)."""
+    batch = first_tokens.shape[0]
+    remaining = jnp.broadcast_to(
+        jnp.asarray(conditioning.remaining_frames(conditioning.target_frames(num_frames),
+                                                  num_frames), jnp.int32), (batch, num_frames - 2))
+    sample = functools.partial(sample_tokens, method=method, temperature=temperature,
+                               top_k=top_k, top_p=top_p)
+    # Frame s + 1 is sampled at step s, keyed on its index like the window layout's frames.
+    middle = rollout(transformer, params, first_tokens, last_tokens, remaining,
+                     lambda logits, s: _sample_frame(sample, logits, rng, s + 1))
+    return jnp.concatenate([first_tokens[:, None], middle, last_tokens[:, None]], axis=1)
+
+
+def generate_tokens(transformer: Transformer, params: Any, first_tokens: jax.Array,
                     last_tokens: jax.Array, num_frames: int, rng: jax.Array, *,
                     method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0, reuse_last_frame_kv: bool = True) -> jax.Array:
@@ -138,8 +164,9 @@ def generate_tokens(transformer: GANimeTransformer, params: Any, first_tokens: j
     `lax.scan`; frame 0 and frame num_frames-1 are the given tokens. `method` is "greedy"
     (argmax), "top_k" or "top_p" (nucleus), the latter two after dividing the logits by
     `temperature`. `rng` seeds the sampling (unused by greedy). `reuse_last_frame_kv=False`
-    forces the full sequence every step even where the last frame's cache could be reused.
-    Compiled once per transformer, num_frames, method, top_k and input shape.
+    forces the full sequence every step even where the last frame's cache could be reused
+    (window layout; the sequence layout always caches). Compiled once per transformer,
+    num_frames, method, top_k and input shape.
     """
     check_num_frames(num_frames, transformer.max_frames)
     check_sampling(method, temperature, top_k, top_p)
@@ -150,14 +177,16 @@ def generate_tokens(transformer: GANimeTransformer, params: Any, first_tokens: j
             raise UserError(f"{name}-frame tokens of shape {tokens.shape} and dtype "
                             f"{tokens.dtype} given: expected integers of shape (B, frame_tokens) "
                             f"= {expected}.")
-    return _generate(transformer, params, first_tokens.astype(jnp.int32),
-                     last_tokens.astype(jnp.int32), rng, jnp.float32(temperature),
-                     jnp.float32(top_p), num_frames=num_frames, method=method,
-                     top_k=int(top_k) if method == "top_k" else 0,
-                     reuse_last_frame_kv=reuse_last_frame_kv)
+    args = (transformer, params, first_tokens.astype(jnp.int32), last_tokens.astype(jnp.int32),
+            rng, jnp.float32(temperature), jnp.float32(top_p))
+    static = dict(num_frames=num_frames, method=method,
+                  top_k=int(top_k) if method == "top_k" else 0)
+    if isinstance(transformer, FrameSequenceTransformer):
+        return _generate_sequence(*args, **static)
+    return _generate(*args, **static, reuse_last_frame_kv=reuse_last_frame_kv)
 
 
-def generate_frames(tokenizer: FrameTokenizer, transformer: GANimeTransformer, params: Any,
+def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params: Any,
                     first_frames: np.ndarray, last_frames: np.ndarray, num_frames: int,
                     rng: jax.Array, *, decode_batch_size: int | None = None,
                     **sampling: Any) -> np.ndarray:

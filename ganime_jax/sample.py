@@ -21,7 +21,7 @@ from ganime_jax import generation
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
-from ganime_jax.models.ganime_transformer import GANimeTransformer
+from ganime_jax.models.frame_layouts import Transformer, example_inputs
 from ganime_jax.train import checkpointing
 from ganime_jax.train.gpt_task import build_model
 from ganime_jax.train.summary import image_grid
@@ -41,7 +41,7 @@ class Generator:
     """A frozen tokenizer and a trained transformer, ready for `generation.generate_frames`."""
 
     tokenizer: Tokenizer
-    transformer: GANimeTransformer
+    transformer: Transformer
     params: Any
     step: int
 
@@ -75,7 +75,7 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 
 
 def _restore_params(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                    transformer: GANimeTransformer) -> tuple[Any, int]:
+                    transformer: Transformer) -> tuple[Any, int]:
     directory = checkpointing.checkpoint_dir(workdir)
     if not directory.is_dir():
         raise UserError(f"no GPT checkpoint in {workdir}; " + TRAIN_HINT.format(workdir))
@@ -124,12 +124,11 @@ def _check_shapes(stored: Any, abstract: Any, directory: pathlib.Path) -> None:
                 "use the config it was trained with.")
 
 
-def _abstract_params(transformer: GANimeTransformer) -> Any:
+def _abstract_params(transformer: Transformer) -> Any:
     """The transformer's parameters as ShapeDtypeStructs (without logical-axis boxes)."""
-    k, hw = transformer.n_frames_before, transformer.frame_tokens
-    shapes = [jax.ShapeDtypeStruct(shape, np.int32) for shape in ((1, hw), (1, k, hw), (1,))]
     abstract = jax.eval_shape(
-        lambda *inputs: transformer.init(jax.random.key(0), *inputs)["params"], *shapes)
+        lambda *inputs: transformer.init(jax.random.key(0), *inputs)["params"],
+        *example_inputs(transformer))
     return nn.unbox(abstract)
 
 

@@ -1,5 +1,6 @@
 """Stage-2 training: the parallel objective against per-frame loops, masks, accumulation,
 sharding, HF initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
+import functools
 import json
 import pathlib
 
@@ -15,39 +16,43 @@ import safetensors.numpy
 from configs import gpt_demo, gpt_kny, gpt_tiny
 from ganime_jax import conditioning, config_check
 from ganime_jax.errors import UserError
+from ganime_jax.models.frame_layouts import LAYOUTS
 from ganime_jax.train import gpt_step, mesh as mesh_lib
 from ganime_jax.train.gpt_task import GPTTask, SampleWriter, build_fns, check_config
 from ganime_jax.train.summary import MetricWriter
 from resume_helpers import check_killed_run_resumes, main_command
+from stage2_helpers import assert_same_training, mesh_of, steps_reduce_the_loss, train_on_batch
 
 N_FRAMES = np.array([8, 5, 3, 7, 8, 4, 6, 8], np.int32)  # one clip per fake device
 
 
-def _config(**optimizer) -> ml_collections.ConfigDict:
+def _config(layout: str = "window", **optimizer) -> ml_collections.ConfigDict:
     config = gpt_tiny.get_config()
     config.tokenizer.workdir = "unused"
+    config.model.layout = layout
     config.model.gpt.update(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     config.optimizer.update(optimizer)
     return config
 
 
-def _mesh(data: int, fsdp: int):
-    devices = jax.devices()[:data * fsdp]
-    return mesh_lib.make_mesh(ml_collections.ConfigDict({"data": data, "fsdp": fsdp}), devices)
+@functools.cache
+def _model_and_params(layout: str):
+    fns = build_fns(_config(layout))
+    params = jax.jit(lambda r: nn.unbox(gpt_step.init_state(r, fns)))(jax.random.key(0)).params
+    return fns.model, params
 
 
 @pytest.fixture(scope="module")
 def setup():
-    """Model, parameters and a padded batch of clips of different lengths."""
+    """Model (window layout), parameters and a padded batch of clips of different lengths."""
     config = _config()
-    fns = build_fns(config)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.model.gpt.vocab_size,
                           (len(N_FRAMES), config.data.max_frames, config.model.frame_tokens))
     for clip, n in zip(tokens, N_FRAMES):
         clip[n:] = 0
-    params = jax.jit(lambda r: nn.unbox(gpt_step.init_state(r, fns)))(jax.random.key(0)).params
-    return config, fns.model, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(N_FRAMES)
+    model, params = _model_and_params("window")
+    return config, model, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(N_FRAMES)
 
 
 def _mean(sums: gpt_step.Sums) -> tuple[float, float]:
@@ -134,10 +139,12 @@ def test_own_prediction_scan_equals_a_frame_by_frame_loop(setup):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("own_predictions", [False, True])
-def test_padded_frames_contribute_nothing(setup, own_predictions):
-    _, model, params, tokens, n_frames = setup
-    sums_fn = gpt_step.objective(own_predictions)
+def test_padded_frames_contribute_nothing(setup, layout, own_predictions):
+    _, _, _, tokens, n_frames = setup
+    model, params = _model_and_params(layout)
+    sums_fn = gpt_step.objective(model, own_predictions)
 
     @jax.jit
     def loss_and_grads(batch_tokens):
@@ -157,77 +164,48 @@ def test_padded_frames_contribute_nothing(setup, own_predictions):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
-def _train(config, mesh, tokens, n_frames, steps: list[int]):
-    """Runs GPTTask.train_step on one batch at the given host step numbers."""
-    task = GPTTask(config, mesh)
-    state = task.init_state(jax.random.key(0))
-    batch = {"tokens": jax.device_put(tokens, task.batch_shardings["tokens"]),
-             "n_frames": jax.device_put(n_frames, task.batch_shardings["n_frames"])}
-    params, history = [], []
-    for step in steps:
-        state, metrics = task.train_step(state, batch, jax.random.key(step), step)
-        params.append(jax.device_get(state.params))
-        history.append(jax.device_get(metrics))
-    return params, history, task, state
-
-
-def _linear_config(**optimizer) -> ml_collections.ConfigDict:
+def _linear_config(layout: str = "window", **optimizer) -> ml_collections.ConfigDict:
     """A large Adam eps makes the update linear in the gradient (see test_vqgan_train.py), so
     the rounding noise of gradients that are zero in theory cannot turn into full steps; with
     lr=1 and many planned steps (a flat schedule) it is plain gradient descent."""
-    config = _config(eps=1.0, lr=1.0, init_lr=1.0, **optimizer)
+    config = _config(layout, eps=1.0, lr=1.0, init_lr=1.0, **optimizer)
     config.train.num_steps = 1000
     return config
 
 
-@pytest.fixture(scope="module")
-def one_device(setup):
-    """Parameters and metrics after a teacher-forced step, then an own-prediction step, and
-    the task and state to go on from."""
-    config = _linear_config()
+@pytest.fixture(scope="module", params=LAYOUTS)
+def one_device(request, setup):
+    """Per layout: parameters and metrics after a teacher-forced step, then an own-prediction
+    step, and the task and state to go on from."""
+    config = _linear_config(layout=request.param)
     steps = [0, config.train.stop_ground_truth_after_step]
-    params, history, task, state = _train(config, _mesh(1, 1), setup[3], setup[4], steps)
-    return steps, params, history, task, state
-
-
-def _assert_same_training(a, b, keys=("loss", "accuracy", "grad_norm", "own_predictions")):
-    (params_a, history_a), (params_b, history_b) = a, b
-    assert len(history_a) == len(history_b)
-    for metrics_a, metrics_b in zip(history_a, history_b):
-        for key in keys:
-            np.testing.assert_allclose(metrics_a[key], metrics_b[key], rtol=1e-5, err_msg=key)
-    for leaf_a, leaf_b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-        np.testing.assert_allclose(leaf_a, leaf_b, rtol=1e-4, atol=1e-6)
+    params, history, task, state = train_on_batch(config, mesh_of(1, 1), setup[3], setup[4],
+                                                  steps)
+    return config, steps, params, history, task, state
 
 
 def test_sharded_step_equals_one_device_step(setup, one_device):
-    steps, params, history, _, _ = one_device
+    config, steps, params, history, _, _ = one_device
     assert [h["own_predictions"] for h in history] == [0.0, 1.0]
-    config = _linear_config()
-    sharded_params, sharded_history, _, state = _train(config, _mesh(4, 2), setup[3], setup[4],
-                                                       steps)
+    sharded_params, sharded_history, _, state = train_on_batch(config, mesh_of(4, 2), setup[3],
+                                                               setup[4], steps)
     wte = state.params["lm"]["wte"]
     assert wte.sharding.shard_shape(wte.shape) == (32, 16)  # "embed" split over fsdp=2
-    _assert_same_training((params, history), (sharded_params, sharded_history))
+    assert_same_training((params, history), (sharded_params, sharded_history))
 
 
 def test_gradient_accumulation_equals_one_batch(setup, one_device):
-    steps, params, history, _, _ = one_device
-    config = _linear_config(grad_accum_steps=2)
-    accumulated, accumulated_history, _, _ = _train(config, _mesh(1, 1), setup[3], setup[4],
-                                                    steps[:1])
-    _assert_same_training((params[:1], history[:1]), (accumulated, accumulated_history))
+    config, steps, params, history, _, _ = one_device
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.optimizer.grad_accum_steps = 2
+    accumulated, accumulated_history, _, _ = train_on_batch(config, mesh_of(1, 1), setup[3],
+                                                            setup[4], steps[:1])
+    assert_same_training((params[:1], history[:1]), (accumulated, accumulated_history))
 
 
 def test_steps_reduce_the_loss(setup, one_device):
     *_, task, state = one_device
-    tokens = np.random.default_rng(2).integers(0, 4, setup[3].shape)  # 4 of the 32 codes
-    batch = {"tokens": jax.device_put(tokens, task.batch_shardings["tokens"]),
-             "n_frames": jax.device_put(setup[4], task.batch_shardings["n_frames"])}
-    losses = []
-    for i in range(8):
-        state, metrics = task.train_step(state, batch, jax.random.key(i), 0)
-        losses.append(float(metrics["loss"]))
+    losses = steps_reduce_the_loss(task, state, setup[3].shape, setup[4])
     assert losses[-1] < 0.7 * losses[0] and np.all(np.isfinite(losses))
 
 
@@ -259,7 +237,7 @@ def test_init_from_local_hf_gpt2(tmp_path):
     gpt = config.model.gpt
     tensors = _save_hf_gpt2(tmp_path, 50, 128, gpt.n_embd, gpt.n_layer, gpt.n_head)
     config.model.init_from_hf = str(tmp_path)
-    task = GPTTask(config, _mesh(1, 1))
+    task = GPTTask(config, mesh_of(1, 1))
     lm = jax.device_get(task.init_state(jax.random.key(0)).params["lm"])
     np.testing.assert_array_equal(lm["wte"], tensors["transformer.wte.weight"][:32])
     np.testing.assert_array_equal(lm["wpe"], tensors["transformer.wpe.weight"][:96])
@@ -277,7 +255,7 @@ def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs,
     config.data.data_root = stage1_workdirs["data_root"]
     config.tokenizer.workdir = stage1_workdirs["workdir"]
     writer = MetricWriter(tmp_path)
-    SampleWriter(config, _mesh(1, 1), model, tmp_path).write(params, 3, writer)
+    SampleWriter(config, mesh_of(1, 1), model, tmp_path).write(params, 3, writer)
     writer.close()
     frames = iio.imread(tmp_path / "samples" / "train_step_00000003.gif")
     num_clips, num_frames = config.sample.num_clips, config.sample.num_frames
@@ -296,10 +274,10 @@ def test_configs_are_complete_and_checked():
     config = _config()
     config.data.min_frames = 2
     with pytest.raises(UserError, match="min_frames"):
-        check_config(config, _mesh(1, 1))
+        check_config(config, mesh_of(1, 1))
     config = _config(grad_accum_steps=3)
     with pytest.raises(UserError, match="grad_accum_steps"):
-        check_config(config, _mesh(1, 1))
+        check_config(config, mesh_of(1, 1))
 
 
 def test_killed_run_resumes_with_identical_losses(stage1_workdirs, tmp_path):

@@ -44,6 +44,12 @@ DEFAULT_AXIS_RULES = (
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 
+# A layer's attention given its q (B, T, H, D), k and v (B, T, H, D), the layer's slice of
+# `past` and the `attend_inputs` shared by all layers -> (out (B, T, H, D), the layer's new
+# state). A frame layout supplies one for block masks and frame caches; it must be a hashable
+# (module-level) function, as it is a static module attribute.
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
+
 _PRESETS = {
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "gpt2-medium": dict(vocab_size=50257, n_positions=1024, n_embd=1024, n_layer=24, n_head=16),
@@ -202,16 +208,34 @@ class Linear(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention. Without `attend`, causal attention over an optional prefix
+    (`past`: its keys and values) that returns this call's keys/values; with `attend`, that
+    function computes the attention from q, k, v (see `AttendFn`)."""
+
     config: GPT2Config
     deterministic: bool
+    attend: AttendFn | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, past_kv: tuple[jax.Array, jax.Array] | None):
+    def __call__(self, x: jax.Array, past: Any, attend_inputs: Any):
         cfg = self.config
         head_axes = ("batch", "length", "heads", "kv")
         qkv = Linear(cfg, (3, cfg.n_head, cfg.head_dim), ("embed", None, "heads", "kv"),
                      cfg.initializer_range, name="c_attn")(x)
         q, k, v = (nn.with_logical_constraint(qkv[:, :, i], head_axes) for i in range(3))
+        if self.attend is not None:
+            out, new_past = self.attend(q, k, v, past, attend_inputs)
+        else:
+            out, new_past = self._causal(q, k, v, past)
+        out = nn.with_logical_constraint(out, head_axes)
+        out = Linear(cfg, (cfg.n_embd,), ("heads", "kv", "embed"), _output_std(cfg), n_in=2,
+                     name="c_proj")(out)
+        out = nn.Dropout(cfg.resid_pdrop)(out, deterministic=self.deterministic)
+        return out, new_past
+
+    def _causal(self, q: jax.Array, k: jax.Array, v: jax.Array,
+                past_kv: tuple[jax.Array, jax.Array] | None):
+        cfg = self.config
         new_kv = (k, v)
         if past_kv is not None:
             k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
@@ -224,10 +248,6 @@ class Attention(nn.Module):
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        out = nn.with_logical_constraint(out, head_axes)
-        out = Linear(cfg, (cfg.n_embd,), ("heads", "kv", "embed"), _output_std(cfg), n_in=2,
-                     name="c_proj")(out)
-        out = nn.Dropout(cfg.resid_pdrop)(out, deterministic=self.deterministic)
         return out, new_kv
 
 
@@ -245,18 +265,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; returns the new hidden states and this call's keys/values."""
+    """Pre-LN transformer block; returns the new hidden states and the attention's state
+    (this call's keys/values, or what `attend` returns)."""
 
     config: GPT2Config
     deterministic: bool
+    attend: AttendFn | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, past_kv: tuple[jax.Array, jax.Array] | None):
+    def __call__(self, x: jax.Array, past: Any, attend_inputs: Any):
         cfg = self.config
-        h, kv = Attention(cfg, self.deterministic, name="attn")(_layer_norm(cfg, "ln_1")(x), past_kv)
+        h, state = Attention(cfg, self.deterministic, self.attend, name="attn")(
+            _layer_norm(cfg, "ln_1")(x), past, attend_inputs)
         x = nn.with_logical_constraint(x + h, ACTIVATION_AXES)
         h = MLP(cfg, self.deterministic, name="mlp")(_layer_norm(cfg, "ln_2")(x))
-        return nn.with_logical_constraint(x + h, ACTIVATION_AXES), kv
+        return nn.with_logical_constraint(x + h, ACTIVATION_AXES), state
 
 
 def _block_class(cfg: GPT2Config) -> type[nn.Module]:
@@ -274,6 +297,11 @@ class GPT2LM(nn.Module):
     (n_layer, B, P, n_head, head_dim), holds a prefix computed earlier: the tokens then sit at
     positions P..P+L-1 and attend to the prefix. With `return_kv` the call also returns its own
     keys/values in that layout, e.g. to build such a prefix.
+
+    A layout with its own attention pattern passes `attend` (an `AttendFn`), `attend_inputs`
+    and `positions` ((L,) rows of the position table): `past_kv` is then whatever per-layer
+    state (stacked on a leading layer axis) `attend` reads, and `return_kv` returns what it
+    writes.
     """
 
     config: GPT2Config
@@ -281,20 +309,23 @@ class GPT2LM(nn.Module):
     @nn.compact
     def __call__(
         self, tokens: jax.Array, extra_embeddings: jax.Array | None = None, *, train: bool = False,
-        past_kv: tuple[jax.Array, jax.Array] | None = None, return_kv: bool = False,
+        past_kv: Any = None, return_kv: bool = False, attend: AttendFn | None = None,
+        attend_inputs: Any = None, positions: jax.Array | None = None,
     ):
         cfg = self.config
-        offset = 0 if past_kv is None else past_kv[0].shape[2]
         length = tokens.shape[1]
-        if offset + length > cfg.n_positions:
-            raise UserError(
-                f"sequence of {offset + length} tokens exceeds the GPT's n_positions "
-                f"{cfg.n_positions}; raise n_positions or shorten the context.")
+        if positions is None:
+            offset = 0 if past_kv is None else past_kv[0].shape[2]
+            if offset + length > cfg.n_positions:
+                raise UserError(
+                    f"sequence of {offset + length} tokens exceeds the GPT's n_positions "
+                    f"{cfg.n_positions}; raise n_positions or shorten the context.")
+            positions = jnp.arange(offset, offset + length)
         wte = self.param("wte", _normal(cfg.initializer_range, ("vocab", "embed")),
                          (cfg.vocab_size, cfg.n_embd), cfg.weight_dtype)
         wpe = self.param("wpe", _normal(cfg.initializer_range, (None, "embed")),
                          (cfg.n_positions, cfg.n_embd), cfg.weight_dtype)
-        x = jnp.take(wte, tokens, axis=0, mode="clip") + wpe[offset:offset + length][None]
+        x = jnp.take(wte, tokens, axis=0, mode="clip") + jnp.take(wpe, positions, axis=0)[None]
         if extra_embeddings is not None:
             x = x + extra_embeddings
         x = nn.Dropout(cfg.embd_pdrop)(x.astype(cfg.compute_dtype), deterministic=not train)
@@ -304,16 +335,17 @@ class GPT2LM(nn.Module):
         if cfg.scan_layers:
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=0, length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kv = stack(cfg, not train, name="h")(x, past_kv)
+                in_axes=(0, nn.broadcast), length=cfg.n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            x, kv = stack(cfg, not train, attend, name="h")(x, past_kv, attend_inputs)
         else:
-            keys, values = [], []
+            states = []
             for i in range(cfg.n_layer):
-                layer_past = None if past_kv is None else (past_kv[0][i], past_kv[1][i])
-                x, (k, v) = block(cfg, not train, name=f"h_{i}")(x, layer_past)
-                keys.append(k)
-                values.append(v)
-            kv = (jnp.stack(keys), jnp.stack(values))
+                layer_past = None if past_kv is None else jax.tree.map(lambda a: a[i], past_kv)
+                x, state = block(cfg, not train, attend, name=f"h_{i}")(x, layer_past,
+                                                                        attend_inputs)
+                states.append(state)
+            kv = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
 
         x = _layer_norm(cfg, "ln_f")(x)
         if cfg.tie_word_embeddings:

@@ -23,6 +23,8 @@ import ml_collections
 import optax
 
 from ganime_jax import conditioning
+from ganime_jax.models.frame_layouts import Transformer, example_inputs
+from ganime_jax.models.frame_sequence import FrameSequenceTransformer, rollout
 from ganime_jax.models.ganime_transformer import GANimeTransformer
 from ganime_jax.train import optimizers
 
@@ -36,7 +38,7 @@ class GPTState:
 
 @flax.struct.dataclass
 class StepFns:
-    model: GANimeTransformer = flax.struct.field(pytree_node=False)
+    model: Transformer = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     schedule: optax.Schedule = flax.struct.field(pytree_node=False)
 
@@ -74,10 +76,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, schedule: optax.Schedule
 
 def init_state(rng: jax.Array, fns: StepFns) -> GPTState:
     """A fresh state; parameters keep their logical-axis boxes (unbox after sharding them)."""
-    model = fns.model
-    last = jnp.zeros((1, model.frame_tokens), jnp.int32)
-    context = jnp.zeros((1, model.n_frames_before, model.frame_tokens), jnp.int32)
-    params = model.init({"params": rng}, last, context, jnp.zeros((1,), jnp.int32))["params"]
+    params = fns.model.init({"params": rng}, *example_inputs(fns.model))["params"]
     return GPTState(step=jnp.zeros((), jnp.int32), params=params, opt_state=fns.tx.init(params))
 
 
@@ -126,7 +125,29 @@ def own_prediction_sums(model: GANimeTransformer, params: Any, tokens: jax.Array
     return Sums(*(jnp.sum(s) for s in sums))
 
 
-def objective(own_predictions: bool) -> Callable[..., Sums]:
+def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Array,
+                  n_frames: jax.Array, rng: jax.Array, train: bool,
+                  own_predictions: bool = False) -> Sums:
+    """Every target of the batch in one causal pass over [last][f_0]...[f_{M-3}].
+
+    With `own_predictions` the clip frames after f_0 are first generated greedily from f_0
+    and the last frame (cached, no gradient), then scored against the true frames in one pass.
+    """
+    tf = conditioning.teacher_forcing_inputs(tokens, n_frames, 1)
+    inputs = tokens[:, :-2]
+    if own_predictions:
+        generated = rollout(model, params, tokens[:, 0], tf.last, tf.remaining[:, :-1],
+                            lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        inputs = jnp.concatenate([tokens[:, :1], jax.lax.stop_gradient(generated)], axis=1)
+    logits = model.apply({"params": params}, tf.last, inputs, tf.remaining, train=train,
+                         rngs={"dropout": rng})
+    return token_sums(logits, tf.targets, tf.valid)
+
+
+def objective(model: Transformer, own_predictions: bool) -> Callable[..., Sums]:
+    """The loss sums of `model`'s layout, teacher-forced or from its own predictions."""
+    if isinstance(model, FrameSequenceTransformer):
+        return functools.partial(sequence_sums, own_predictions=own_predictions)
     return own_prediction_sums if own_predictions else teacher_forced_sums
 
 
@@ -144,7 +165,7 @@ def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
     n_frames = batch["n_frames"].astype(jnp.int32)
     total = jnp.maximum(jnp.sum(conditioning.valid_targets(n_frames, tokens.shape[1]))
                         * tokens.shape[-1], 1).astype(jnp.float32)
-    sums_fn = objective(own_predictions)
+    sums_fn = objective(fns.model, own_predictions)
 
     def loss_fn(params, micro_tokens, micro_frames, micro_rng):
         sums = sums_fn(fns.model, params, micro_tokens, micro_frames, micro_rng, True)
@@ -177,10 +198,10 @@ def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
     return GPTState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_sums(params: Any, batch: dict, *, model: GANimeTransformer,
+def eval_sums(params: Any, batch: dict, *, model: Transformer,
               own_predictions: bool) -> Sums:
     """Deterministic sums over a held-out batch (padded clips may have n_frames 0)."""
-    return objective(own_predictions)(model, params, batch["tokens"].astype(jnp.int32),
+    return objective(model, own_predictions)(model, params, batch["tokens"].astype(jnp.int32),
                                       batch["n_frames"], jax.random.key(0), False)
 
 

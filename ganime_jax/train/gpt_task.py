@@ -18,10 +18,11 @@ from ganime_jax import conditioning, generation
 from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.models.ganime_transformer import (LM_PARAMS, GANimeTransformer,
-                                                  ganime_transformer_from_config)
+from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
+from ganime_jax.models.ganime_transformer import LM_PARAMS
 from ganime_jax.models.gpt import DEFAULT_AXIS_RULES
 from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib
+from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
 from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
 
@@ -39,9 +40,9 @@ def first_records(source: tfds_io.SplitSource, keep: Callable[[dict], bool],
     return list(itertools.islice(filter(keep, (source[i] for i in range(len(source)))), count))
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> GANimeTransformer:
+def build_model(model_config: ml_collections.ConfigDict) -> Transformer:
     fields = {k: v for k, v in model_config.to_dict().items() if k not in INIT_FIELDS}
-    return ganime_transformer_from_config(fields)
+    return transformer_from_config(fields)
 
 
 def build_fns(config: ml_collections.ConfigDict) -> gpt_step.StepFns:
@@ -62,7 +63,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                         f"config.data.max_frames={data.max_frames}; the countdown must cover "
                         "every clip length.")
     needed = (model.n_frames_before + 1) * model.frame_tokens
-    if model.gpt.n_positions < needed:
+    if model.get("layout", "window") == "window" and model.gpt.n_positions < needed:
         raise UserError(f"config.model.gpt.n_positions={model.gpt.n_positions} is below the "
                         f"{needed} tokens of a sequence ((n_frames_before + 1) * frame_tokens).")
     micro = config.optimizer.grad_accum_steps * mesh.size
@@ -185,13 +186,15 @@ class GPTTask:
         with self.context():
             return self._steps[self.own_predictions(step)](state, batch, rng)
 
-    def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict) -> None:
+    def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict,
+                 clock: TrainingClock) -> None:
         cfg = self.config
         if cfg.train.sample_every and step % cfg.train.sample_every == 0:
             with self.context():
                 self.samples.write(state.params, step, writer)
         if cfg.eval.every and step % cfg.eval.every == 0:
-            writer.scalars(step, self.evaluate(state), prefix="eval")
+            reached = clock.read()
+            writer.scalars(step, {**self.evaluate(state), **reached}, prefix="eval")
 
     def _held_out_batches(self) -> list[dict[str, np.ndarray]]:
         """The first eval clips, cropped to their start, padded with empty clips (n_frames 0,
@@ -255,7 +258,7 @@ class SampleWriter:
     tokens) and the ground truth (bottom row), in `<workdir>/samples/`; the same clips as one
     TensorBoard grid."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, model: GANimeTransformer,
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, model: Transformer,
                  workdir: pathlib.Path | None):
         self.config = config
         self.mesh = mesh

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ganime_jax.train import checkpointing
-from ganime_jax.train.summary import MetricWriter
+from ganime_jax.train.summary import METRICS_FILENAME, MetricWriter, read_metrics
 
 
 class Task(Protocol):
@@ -32,8 +32,10 @@ class Task(Protocol):
     def train_step(self, state: Any, batch: dict, rng: jax.Array, step: int) -> tuple[Any, dict]:
         """One optimisation step (jit-compiled inside); `step` is the host-side step count."""
 
-    def periodic(self, state: Any, step: int, writer: MetricWriter, last_batch: dict) -> None:
-        """Evaluation and image summaries; called after every step, decides itself when to act."""
+    def periodic(self, state: Any, step: int, writer: MetricWriter, last_batch: dict,
+                 clock: "TrainingClock") -> None:
+        """Evaluation and image summaries; called after every step, decides itself when to act.
+        Held-out figures carry `clock.read()`, the training time they were reached at."""
 
     def evaluate(self, state: Any) -> dict[str, float]:
         """Held-out figures of the current state."""
@@ -62,6 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         if jax.process_index() == 0:
             print(f"resumed from the checkpoint of step {step} in {workdir}", flush=True)
     resumed_from = None if restored is None else step
+    clock = TrainingClock(workdir, step)
     base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     writer = MetricWriter(workdir)
     batches = task.train_batches(data_state)
@@ -81,11 +84,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                 now = time.perf_counter()
                 last_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, step
+                last_metrics.update(clock.read())
                 writer.scalars(step, last_metrics)
                 progress.set_postfix(_short(last_metrics), refresh=False)
                 if on_step is not None:
                     on_step(step, last_metrics)
-            task.periodic(state, step, writer, batch)
+            task.periodic(state, step, writer, batch, clock)
             checkpointing.save(manager, step, state, data_state, config)
         if manager.latest_step() != step:
             checkpointing.save(manager, step, state, data_state, config, force=True)
@@ -95,6 +99,27 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         manager.close()
         writer.close()
     return LoopResult(state=state, step=step, resumed_from=resumed_from, last_metrics=last_metrics)
+
+
+class TrainingClock:
+    """Seconds this run has trained, summed over every sitting that led to the current step:
+    `wall_seconds` (elapsed) and `cpu_seconds` (the process's CPU time, all threads), so that a
+    learning curve can be drawn against either. A resumed run picks up the figures of the last
+    record at or before its step in `metrics.jsonl`."""
+
+    def __init__(self, workdir: pathlib.Path, step: int):
+        self._wall_offset = self._cpu_offset = 0.0
+        if step and (workdir / METRICS_FILENAME).exists():
+            earlier = [r for s, r in read_metrics(workdir).items() if s <= step
+                       and "wall_seconds" in r]
+            if earlier:
+                last = max(earlier, key=lambda r: r["step"])
+                self._wall_offset, self._cpu_offset = last["wall_seconds"], last["cpu_seconds"]
+        self._wall_start, self._cpu_start = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        return {"wall_seconds": self._wall_offset + time.perf_counter() - self._wall_start,
+                "cpu_seconds": self._cpu_offset + time.process_time() - self._cpu_start}
 
 
 def _short(metrics: dict) -> dict:

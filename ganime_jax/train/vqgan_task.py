@@ -14,6 +14,7 @@ from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.train import checkpointing, mesh as mesh_lib, optimizers, vqgan_step
+from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid, to_uint8
 
 IMAGES_IN_GRID = 8
@@ -113,7 +114,8 @@ class VQGANTask:
         return self._steps[training_phase(self.config.loss, step)](state, batch, rng,
                                                                    self.lpips_params)
 
-    def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict) -> None:
+    def periodic(self, state, step: int, writer: MetricWriter, last_batch: dict,
+                 clock: TrainingClock) -> None:
         cfg = self.config
         if step % cfg.train.image_every == 0:
             local = multihost_utils.global_array_to_host_local_array(
@@ -123,7 +125,8 @@ class VQGANTask:
             writer.image(step, "train/input_over_reconstruction",
                          image_grid([frames, to_uint8(recon)]))
         if step % cfg.eval.every == 0:
-            writer.scalars(step, self.evaluate(state), prefix="eval")
+            reached = clock.read()
+            writer.scalars(step, {**self.evaluate(state), **reached}, prefix="eval")
 
     def reconstruct(self, gen_params, frames: np.ndarray) -> np.ndarray:
         recon, _ = self._eval_fn(gen_params, jnp.asarray(frames), self.lpips_params)

@@ -1,0 +1,44 @@
+"""The two stage-2 layouts behind one constructor (`config.model.layout`).
+
+- `window` (GANime's): one sequence per target frame, [last frame] + [k previous frames]
+  (`GANimeTransformer`); the reference, and the layout the Hugging Face import was built for.
+- `sequence`: the whole clip in one block-causal pass, frame-level KV cache for sampling
+  (`FrameSequenceTransformer`); several times more target tokens per second of training.
+"""
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from ganime_jax.errors import UserError
+from ganime_jax.models.frame_sequence import FrameSequenceTransformer, frame_sequence_from_config
+from ganime_jax.models.ganime_transformer import GANimeTransformer, ganime_transformer_from_config
+
+LAYOUTS = ("window", "sequence")
+# Fields of config.model that only the window layout has.
+WINDOW_ONLY_FIELDS = ("frame_position_embedding", "frame_slot_embedding",
+                      "countdown_on_last_frame")
+
+Transformer = GANimeTransformer | FrameSequenceTransformer
+
+
+def transformer_from_config(model: Mapping[str, Any]) -> Transformer:
+    """The transformer of a config.model section (`layout` picks the class; default window)."""
+    fields = dict(model)
+    layout = fields.pop("layout", "window")
+    if layout == "window":
+        return ganime_transformer_from_config(fields)
+    if layout == "sequence":
+        return frame_sequence_from_config(
+            {k: v for k, v in fields.items() if k not in WINDOW_ONLY_FIELDS})
+    raise UserError(f"config.model.layout={layout!r} is unknown; use one of {list(LAYOUTS)}.")
+
+
+def example_inputs(model: Transformer) -> tuple[jnp.ndarray, ...]:
+    """Inputs of batch 1 that `model.init` takes (all zeros)."""
+    hw = model.frame_tokens
+    last = jnp.zeros((1, hw), jnp.int32)
+    if isinstance(model, FrameSequenceTransformer):
+        return last, jnp.zeros((1, 1, hw), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+    return (last, jnp.zeros((1, model.n_frames_before, hw), jnp.int32),
+            jnp.zeros((1,), jnp.int32))

@@ -1,0 +1,284 @@
+"""Stage 2 in one causal pass: the whole clip as one sequence of frame blocks (`sequence` layout).
+
+GANime's layout (`GANimeTransformer`) builds a separate sequence for every target frame, so
+each frame's tokens are recomputed once per target that sees it. Here a clip of T frames is laid
+out once: [last frame][f_0][f_1]...[f_{T-3}], one block of `frame_tokens` tokens per frame, and
+the logits at the block of f_j are those of frame j+1, position for position (one forward pass
+still predicts a whole frame, for every frame at once).
+
+- Attention is block-causal: a token sees every token of its own frame (that frame is known; the
+  next one is predicted), the last frame, and the earlier frames inside the window of
+  `n_frames_before` frames (f_{j-k+1}..f_j for block j; `WHOLE_HISTORY` = every earlier frame).
+  The last frame's block sees itself only, so its keys/values are computed once per clip.
+- Embeddings: token + within-frame position (the GPT-2 position table, rows 0..frame_tokens-1,
+  so the HF trunk still imports) + frame index (0 for the last frame, 1 + j for f_j) + the
+  countdown of the frame each block predicts (frames left until the last frame after it). The
+  last frame's block carries no countdown. Absolute frame indices are cheap and fit the short
+  clips here (T <= max_frames); 25 frames x 128 tokens would exceed GPT-2's 1,024 positions.
+- With a window, training computes each block against its window only (keys/values gathered
+  per block), not a dense (T-1)*hw square; the whole history uses one dense block-causal mask.
+- Sampling feeds one frame's block per step against a fixed-size cache: slot 0 holds the last
+  frame, then a ring of `n_frames_before` frame slots (or one slot per frame for the whole
+  history); see `init_cache` and `step`.
+"""
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ganime_jax.errors import UserError
+from ganime_jax.models.gpt import GPT2Config, GPT2LM
+
+LM_PARAMS = "lm"  # the GPT-2 trunk's parameter subtree, as in GANimeTransformer
+WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is visible
+
+Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, slots * hw, heads, head_dim)
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention, logits and softmax in float32. q (..., T, H, D), k/v (..., S, H, D),
+    mask broadcastable to (..., H, T, S)."""
+    logits = jnp.einsum("...thd,...shd->...hts", q, k,
+                        preferred_element_type=jnp.float32) / q.shape[-1] ** 0.5
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("...hts,...shd->...thd", weights, v)
+
+
+def block_mask(frame_ids: jax.Array, frame_tokens: int, window: int) -> jax.Array:
+    """(L, L) bool over the tokens of blocks with frame indices `frame_ids` ((F,), 0 = the last
+    frame): a query sees a key when the key's block is the last frame, or when both are clip
+    frames and the key's frame is at most the query's and within `window` of it."""
+    ids = jnp.repeat(frame_ids, frame_tokens)
+    q, k = ids[:, None], ids[None, :]
+    visible = (k == 0) | ((q > 0) & (k <= q))
+    if window != WHOLE_HISTORY:
+        visible &= (k == 0) | (k > q - window)
+    return visible
+
+
+def dense_attend(q, k, v, past, inputs):
+    """Block-causal attention over the whole sequence; `inputs` is the (L, L) mask."""
+    del past
+    return _attention(q, k, v, inputs[None, None]), None
+
+
+def windowed_attend(q, k, v, past, inputs):
+    """Block j of the clip frames against the last frame and its own window only.
+
+    `inputs` = (window_index (F, W) int32: the blocks of each clip frame's window, oldest first,
+    window_valid (F, W) bool). Block 0 (the last frame) attends to itself.
+    """
+    del past
+    window_index, window_valid = inputs
+    batch, length, heads, dim = q.shape
+    blocks = window_index.shape[0] + 1
+    hw = length // blocks
+    q, k, v = (x.reshape(batch, blocks, hw, heads, dim) for x in (q, k, v))
+    last_out = _attention(q[:, 0], k[:, 0], v[:, 0], jnp.ones((1, 1, 1, 1), bool))
+
+    def windows(x):  # (B, F, (1 + W) * hw, H, D): the last frame, then the window
+        gathered = x[:, window_index]  # (B, F, W, hw, H, D)
+        last = jnp.broadcast_to(x[:, :1, None], (batch, blocks - 1, 1, hw, heads, dim))
+        return jnp.concatenate([last, gathered], axis=2).reshape(batch, blocks - 1, -1, heads,
+                                                                 dim)
+
+    valid = jnp.concatenate([jnp.ones((blocks - 1, 1), bool), window_valid], axis=1)
+    mask = jnp.repeat(valid, hw, axis=1)[None, :, None, None, :]  # (1, F, 1, 1, S)
+    frame_out = _attention(q[:, 1:], windows(k), windows(v), mask)
+    return jnp.concatenate([last_out[:, None], frame_out], axis=1).reshape(
+        batch, length, heads, dim), None
+
+
+def cached_attend(q, k, v, past, inputs):
+    """One block against the cache: write its keys/values into slot `slot`, then attend to the
+    visible slots. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (slot int32,
+    visible (slots,) bool)."""
+    slot, visible = inputs
+    hw = q.shape[1]
+    keys, values = past
+    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), slot * hw, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), slot * hw,
+                                                 axis=1)
+    mask = jnp.repeat(visible, hw)[None, None, None, :]
+    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+    return out, (keys, values)
+
+
+def window_indices(num_frames: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """For clip frames f_0..f_{F-1} (blocks 1..F): the block indices of each one's window,
+    oldest first, (F, W) int32, and which are real (those before f_0 are not)."""
+    j = np.arange(num_frames)[:, None]
+    frames = j - window + 1 + np.arange(window)[None, :]
+    return (np.clip(frames, 0, None) + 1).astype(np.int32), frames >= 0
+
+
+class FrameSequenceTransformer(nn.Module):
+    """Next-frame logits for every frame of a clip in one pass (module docstring).
+
+    `n_frames_before` is the attention window in frames (WHOLE_HISTORY = 0: all of them).
+    """
+
+    gpt: GPT2Config
+    frame_tokens: int
+    n_frames_before: int
+    max_frames: int
+
+    def setup(self) -> None:
+        cfg = self.gpt
+        init = nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), (None, "embed"))
+        self.countdown = self.param(
+            "countdown", init, (self.max_frames + 1, cfg.n_embd), cfg.weight_dtype)
+        self.frame_index = self.param(
+            "frame_index", init, (self.max_frames, cfg.n_embd), cfg.weight_dtype)
+        self.lm = GPT2LM(cfg, name=LM_PARAMS)
+
+    @property
+    def cache_slots(self) -> int:
+        """Frame slots of the sampling cache: the last frame plus the window (or the clip)."""
+        window = self.n_frames_before
+        return 1 + (self.max_frames - 2 if window == WHOLE_HISTORY else window)
+
+    def __call__(self, last_tokens: jax.Array, frames: jax.Array, remaining: jax.Array,
+                 frame_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
+        """Logits (B, F, frame_tokens, vocab): block j's are those of the frame after frames[j].
+
+        last_tokens (B, hw); frames (B, F, hw): clip frames f_0..f_{F-1} in order, or, with
+        `frame_ids` ((F,) ints >= 0, increasing), the frames with those indices (the others
+        are absent, as in a hand-built context); remaining (B, F): the countdown of the frame
+        each block predicts, clipped to [0, max_frames].
+        """
+        batch, num_frames, hw = frames.shape
+        self._check(last_tokens, frames, remaining)
+        tokens = jnp.concatenate([last_tokens[:, None], frames], axis=1).reshape(batch, -1)
+        contiguous = frame_ids is None
+        ids = jnp.arange(num_frames) if contiguous else jnp.asarray(frame_ids)
+        block_ids = jnp.concatenate([jnp.zeros((1,), ids.dtype), ids + 1])
+        extra = self._embeddings(block_ids, remaining)
+        window = self.n_frames_before
+        if contiguous and window != WHOLE_HISTORY and num_frames > window:
+            attend, inputs = windowed_attend, tuple(
+                jnp.asarray(a) for a in window_indices(num_frames, window))
+        else:
+            attend, inputs = dense_attend, block_mask(block_ids, hw, window)
+        logits = self.lm(tokens, extra, train=train, attend=attend, attend_inputs=inputs,
+                         positions=jnp.tile(jnp.arange(hw), num_frames + 1))
+        return logits[:, hw:].reshape(batch, num_frames, hw, -1)
+
+    def init_cache(self, batch: int) -> Cache:
+        """An empty cache: keys and values (n_layer, B, cache_slots * hw, heads, head_dim)."""
+        cfg = self.gpt
+        shape = (cfg.n_layer, batch, self.cache_slots * self.frame_tokens, cfg.n_head,
+                 cfg.head_dim)
+        return jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)
+
+    def prefill(self, cache: Cache, last_tokens: jax.Array) -> Cache:
+        """The cache with the last frame's keys/values in slot 0."""
+        visible = jnp.arange(self.cache_slots) == 0
+        extra = self.frame_index[0][None, None]
+        _, cache = self.lm(last_tokens, extra, past_kv=cache, return_kv=True,
+                           attend=cached_attend, attend_inputs=(jnp.int32(0), visible),
+                           positions=jnp.arange(self.frame_tokens))
+        return cache
+
+    def step(self, cache: Cache, frame: jax.Array, index: jax.Array,
+             remaining: jax.Array) -> tuple[jax.Array, Cache]:
+        """Feeds clip frame f_index (B, hw) -> (logits (B, hw, vocab) of f_{index+1}, cache).
+
+        Frames must be fed in order 0, 1, ... after `prefill`; with a window the cache is a
+        ring, so f_index overwrites the frame that just left the window.
+        """
+        window = self.n_frames_before
+        slots = jnp.arange(self.cache_slots)
+        if window == WHOLE_HISTORY:
+            slot = 1 + index
+            visible = slots <= slot
+        else:
+            slot = 1 + index % window
+            visible = (slots == 0) | ((slots >= 1) & (slots - 1 <= index))
+        extra = self._embeddings(jnp.reshape(index + 1, (1,)), remaining[:, None])
+        logits, cache = self.lm(frame, extra, past_kv=cache, return_kv=True,
+                                attend=cached_attend,
+                                attend_inputs=(jnp.asarray(slot, jnp.int32), visible),
+                                positions=jnp.arange(self.frame_tokens))
+        return logits, cache
+
+    def _embeddings(self, block_ids: jax.Array, remaining: jax.Array) -> jax.Array:
+        """(B, blocks * hw, n_embd): frame index of every block, plus the countdown of every
+        block but the last frame's (block id 0)."""
+        hw = self.frame_tokens
+        batch = remaining.shape[0]
+        index = jnp.take(self.frame_index, block_ids, axis=0, mode="clip")  # (blocks, d)
+        countdown = jnp.take(self.countdown, remaining.astype(jnp.int32), axis=0, mode="clip")
+        clip_blocks = block_ids.shape[0] - remaining.shape[1]  # 1 when the last frame leads
+        countdown = jnp.concatenate(
+            [jnp.zeros((batch, clip_blocks, countdown.shape[-1]), countdown.dtype), countdown],
+            axis=1)
+        extra = index[None] + countdown  # (B, blocks, d)
+        return jnp.repeat(extra, hw, axis=1)
+
+    def _check(self, last_tokens: jax.Array, frames: jax.Array, remaining: jax.Array) -> None:
+        batch, num_frames, hw = frames.shape
+        if hw != self.frame_tokens or last_tokens.shape != (batch, hw):
+            raise UserError(f"frames {frames.shape} and last frame {last_tokens.shape} do not "
+                            f"match (B, F, frame_tokens) and (B, frame_tokens) with "
+                            f"frame_tokens = {self.frame_tokens}.")
+        if remaining.shape != (batch, num_frames):
+            raise UserError(f"remaining of shape {remaining.shape} must be (batch, frames) = "
+                            f"({batch}, {num_frames}).")
+        if num_frames > self.max_frames - 2:
+            raise UserError(f"{num_frames} input frames exceed max_frames - 2 = "
+                            f"{self.max_frames - 2}; raise config.model.max_frames.")
+
+
+def frame_sequence_from_config(model: Mapping[str, Any]) -> FrameSequenceTransformer:
+    """Builds the module from a config section: a `gpt` mapping plus the layout's fields."""
+    fields = dict(model)
+    gpt = GPT2Config.from_dict(dict(fields.pop("gpt")))
+    if gpt.attn_pdrop > 0:
+        raise UserError("the sequence layout has no attention dropout: set "
+                        "config.model.gpt.attn_pdrop=0.0.")
+    if gpt.n_positions < fields["frame_tokens"]:
+        raise UserError(f"config.model.gpt.n_positions={gpt.n_positions} is below "
+                        f"frame_tokens={fields['frame_tokens']} (positions inside a frame).")
+    if fields["n_frames_before"] < 0:
+        raise UserError(f"config.model.n_frames_before={fields['n_frames_before']}: use a window "
+                        f"of at least 1 frame, or {WHOLE_HISTORY} for the whole history.")
+    known = set(FrameSequenceTransformer.__dataclass_fields__) - {"gpt", "parent", "name"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UserError(f"config.model keys {unknown} do not apply to the sequence layout; "
+                        f"it takes {sorted(known)}.")
+    return FrameSequenceTransformer(gpt=gpt, **fields)
+
+
+def rollout(model: FrameSequenceTransformer, params: Any, first_tokens: jax.Array,
+            last_tokens: jax.Array, remaining: jax.Array,
+            choose: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """Frames 1..S (B, S, hw) generated from f_0 and the last frame in one `lax.scan`.
+
+    remaining (B, S): the countdown of each generated frame. Step s feeds frame s (f_0, then
+    its own output) against the cache and turns the logits (B, hw, vocab) into frame s+1 with
+    `choose(logits, s)` (argmax, or a sampler keyed on s).
+    """
+    variables = {"params": params}
+    batch = first_tokens.shape[0]
+    cache = model.apply(variables, batch, method=FrameSequenceTransformer.init_cache)
+    cache = model.apply(variables, cache, last_tokens, method=FrameSequenceTransformer.prefill)
+
+    def frame_step(carry, xs):
+        cache, frame = carry
+        index, remaining_s = xs
+        logits, cache = model.apply(variables, cache, frame, index, remaining_s,
+                                    method=FrameSequenceTransformer.step)
+        following = choose(logits, index).astype(jnp.int32)
+        return (cache, following), following
+
+    steps = jnp.arange(remaining.shape[1], dtype=jnp.int32)
+    _, frames = jax.lax.scan(frame_step, (cache, first_tokens.astype(jnp.int32)),
+                             (steps, jnp.swapaxes(remaining, 0, 1)))
+    return jnp.swapaxes(frames, 0, 1)

@@ -1,0 +1,168 @@
+"""The `sequence` layout: one causal pass equals per-frame contexts; no block sees a later frame
+or a frame outside its window; the cached sampler equals uncached step-by-step decoding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ganime_jax.models.frame_sequence import (WHOLE_HISTORY, FrameSequenceTransformer,
+                                              frame_sequence_from_config, rollout)
+from ganime_jax.models.gpt import GPT2Config
+from ganime_jax.train import gpt_step
+
+HW = 8  # tokens per frame
+VOCAB = 32
+MAX_FRAMES = 9
+BATCH = 2
+WINDOWS = (2, WHOLE_HISTORY)
+
+
+def make_model(window: int) -> FrameSequenceTransformer:
+    gpt = GPT2Config(vocab_size=VOCAB, n_positions=HW, n_embd=32, n_layer=2, n_head=4,
+                     embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    return FrameSequenceTransformer(gpt=gpt, frame_tokens=HW, n_frames_before=window,
+                                    max_frames=MAX_FRAMES)
+
+
+@pytest.fixture(scope="module", params=WINDOWS, ids=["window2", "whole_history"])
+def model_and_params(request):
+    model = make_model(request.param)
+    last = jnp.zeros((1, HW), jnp.int32)
+    params = model.init(jax.random.key(0), last, jnp.zeros((1, 1, HW), jnp.int32),
+                        jnp.zeros((1, 1), jnp.int32))["params"]
+    # Random-init embeddings are small; scale them so that every input visibly moves logits.
+    params = jax.tree.map(lambda p: p * 5.0 if p.ndim == 2 else p, params)
+    return model, params
+
+
+def clip_tokens(seed: int, num_frames: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, (BATCH, num_frames, HW), np.int32)
+
+
+def countdowns(num_inputs: int) -> jnp.ndarray:
+    return jnp.broadcast_to(jnp.arange(num_inputs, 0, -1, dtype=jnp.int32), (BATCH, num_inputs))
+
+
+def attended_frames(j: int, window: int) -> list[int]:
+    """The clip frames block j attends to in one layer."""
+    start = 0 if window == WHOLE_HISTORY else max(0, j - window + 1)
+    return list(range(start, j + 1))
+
+
+def receptive_field(j: int, model: FrameSequenceTransformer) -> list[int]:
+    """The clip frames block j's logits can depend on: a window reaches k - 1 frames further
+    back with every layer (as sliding-window attention does)."""
+    if model.n_frames_before == WHOLE_HISTORY:
+        return list(range(j + 1))
+    return list(range(max(0, j - model.gpt.n_layer * (model.n_frames_before - 1)), j + 1))
+
+
+def test_one_pass_equals_per_frame_loop(model_and_params):
+    """Logits and loss of one pass equal a loop that runs every target on its own context: the
+    frames of its receptive field, passed explicitly with their frame indices."""
+    model, params = model_and_params
+    num_frames = MAX_FRAMES
+    tokens = clip_tokens(0, num_frames)
+    n_frames = jnp.asarray([num_frames, num_frames - 3], jnp.int32)
+    one_pass = gpt_step.sequence_sums(model, params, jnp.asarray(tokens), n_frames,
+                                      jax.random.key(0), train=False)
+
+    last = tokens[np.arange(BATCH), np.asarray(n_frames) - 1]
+    assert receptive_field(num_frames - 3, model)[0] > 0 or model.n_frames_before == 0
+    full_logits = model.apply({"params": params}, jnp.asarray(last),
+                              jnp.asarray(tokens[:, :-2]),
+                              jnp.maximum(np.asarray(n_frames)[:, None] - 2
+                                          - np.arange(num_frames - 2)[None, :], 0))
+    totals = gpt_step.Sums(0.0, 0.0, 0.0)
+    for j in range(num_frames - 2):  # block of f_j predicts f_{j+1}
+        ids = receptive_field(j, model)
+        remaining = np.asarray(n_frames)[:, None] - 2 - np.asarray(ids)[None, :]
+        logits = model.apply({"params": params}, jnp.asarray(last), jnp.asarray(tokens[:, ids]),
+                             jnp.maximum(jnp.asarray(remaining), 0), frame_ids=jnp.asarray(ids))
+        np.testing.assert_allclose(np.asarray(logits[:, -1]), np.asarray(full_logits[:, j]),
+                                   atol=2e-5, err_msg=f"block {j}")
+        valid = jnp.asarray(remaining[:, -1] >= 1)
+        totals = totals + gpt_step.token_sums(logits[:, -1], jnp.asarray(tokens[:, j + 1]), valid)
+    assert float(one_pass.count) == float(totals.count) == HW * (2 * num_frames - 3 - 4)
+    np.testing.assert_allclose(float(one_pass.loss), float(totals.loss), rtol=1e-5)
+    assert float(one_pass.correct) == float(totals.correct)
+
+
+def test_no_block_sees_a_later_frame_or_one_outside_its_window(model_and_params):
+    model, params = model_and_params
+    num_inputs = MAX_FRAMES - 2
+    tokens = clip_tokens(1, num_inputs)
+    last = jnp.asarray(clip_tokens(2, 1)[:, 0])
+    remaining = countdowns(num_inputs)
+
+    def logits_of(frames):
+        return np.asarray(model.apply({"params": params}, last, jnp.asarray(frames), remaining))
+
+    base = logits_of(tokens)
+    for changed in range(num_inputs):
+        perturbed = tokens.copy()
+        perturbed[:, changed] = (perturbed[:, changed] + 1) % VOCAB
+        moved = np.abs(logits_of(perturbed) - base).max(axis=(0, 2, 3))  # per block
+        for j in range(num_inputs):
+            if changed in attended_frames(j, model.n_frames_before):
+                assert moved[j] > 1e-3, (changed, j)
+            elif changed not in receptive_field(j, model):
+                assert moved[j] == 0.0, (changed, j)
+
+
+def test_cached_greedy_equals_uncached_step_by_step(model_and_params):
+    model, params = model_and_params
+    num_frames = MAX_FRAMES  # 7 generated frames: the window-2 ring wraps three times
+    first = jnp.asarray(clip_tokens(3, 1)[:, 0])
+    last = jnp.asarray(clip_tokens(4, 1)[:, 0])
+    remaining = countdowns(num_frames - 2)
+    cached = rollout(model, params, first, last, remaining,
+                     lambda logits, _: jnp.argmax(logits, axis=-1))
+
+    frames = first[:, None]
+    for s in range(num_frames - 2):
+        logits = model.apply({"params": params}, last, frames, remaining[:, :s + 1])
+        following = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        frames = jnp.concatenate([frames, following[:, None]], axis=1)
+    np.testing.assert_array_equal(np.asarray(cached), np.asarray(frames[:, 1:]))
+    assert len(np.unique(np.asarray(cached))) > 4  # not a degenerate constant output
+
+
+def test_config_errors_are_one_line():
+    fields = dict(gpt=dict(vocab_size=VOCAB, n_positions=HW, n_embd=32, n_layer=1, n_head=4,
+                           attn_pdrop=0.0), frame_tokens=HW, n_frames_before=2,
+                  max_frames=MAX_FRAMES)
+    assert frame_sequence_from_config(fields).n_frames_before == 2
+    for change, message in ((dict(n_frames_before=-1), "n_frames_before"),
+                            (dict(frame_slot_embedding=True), "do not apply"),
+                            (dict(frame_tokens=HW * 2), "n_positions")):
+        with pytest.raises(Exception, match=message):
+            frame_sequence_from_config({**fields, **change})
+    with pytest.raises(Exception, match="attn_pdrop"):
+        frame_sequence_from_config({**fields, "gpt": {**fields["gpt"], "attn_pdrop": 0.1}})
+
+
+def test_own_prediction_phase_scores_greedy_frames_in_one_pass(model_and_params):
+    """The second phase equals: generate frames greedily one by one without a cache, then
+    score every true target against that context."""
+    model, params = model_and_params
+    num_frames = MAX_FRAMES
+    tokens = jnp.asarray(clip_tokens(5, num_frames))
+    n_frames = jnp.asarray([num_frames, num_frames - 2], jnp.int32)
+    own = gpt_step.sequence_sums(model, params, tokens, n_frames, jax.random.key(0),
+                                 train=False, own_predictions=True)
+
+    last = tokens[jnp.arange(BATCH), n_frames - 1]
+    remaining = jnp.maximum(n_frames[:, None] - 2 - jnp.arange(num_frames - 2)[None, :], 0)
+    frames = tokens[:, :1]
+    for s in range(num_frames - 3):
+        logits = model.apply({"params": params}, last, frames, remaining[:, :s + 1])
+        frames = jnp.concatenate([frames, jnp.argmax(logits[:, -1:], axis=-1)], axis=1)
+    logits = model.apply({"params": params}, last, frames, remaining)
+    expected = gpt_step.token_sums(logits, tokens[:, 1:-1], remaining >= 1)
+    np.testing.assert_allclose([float(own.loss), float(own.correct), float(own.count)],
+                               [float(expected.loss), float(expected.correct),
+                                float(expected.count)], rtol=1e-5)
+    teacher = gpt_step.sequence_sums(model, params, tokens, n_frames, jax.random.key(0),
+                                     train=False)
+    assert abs(float(teacher.loss) - float(own.loss)) > 1e-3  # the context really changed
