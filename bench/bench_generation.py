@@ -7,9 +7,12 @@ Tokenizer: the reference VQ-GAN (`configs/vqgan_kny.py`, 1024 codes, 8x16 tokens
 transformers: the `mini` preset (256 wide, 4 layers) and `gpt2-medium`, both with the
 tokenizer's 1024-token vocabulary; random weights (speed does not depend on them).
 `n_frames_before=1` gives the PyTorch port's context (last frame + current frame: 256 tokens
-plus its countdown token). Paths: `prefix` (countdown_on_last_frame=False: the last frame's
-keys/values computed once per clip) and `full` (the reference's countdown on every position:
-the whole sequence every step). Each measurement is `generation.generate_frames` end to end
+plus its countdown token). Paths: `prefix` (window layout, countdown_on_last_frame=False: the
+last frame's keys/values computed once per clip), `full` (the reference's countdown on every
+position: the whole sequence every step), `sequence` (the sequence layout with the same
+window: one frame's block per step against a ring cache), and, with the whole history as
+context, `prefix_history` (the window layout with k = 14: every earlier frame recomputed every
+step) against `sequence_history` (the sequence layout: each frame computed once, cached). Each measurement is `generation.generate_frames` end to end
 (encode the two ends, scan over the 14 in-between frames, decode them), timed after one
 compiling call; `decode_seconds` times the decode of the 14 x batch frames on its own (in
 calls of `generation.default_decode_batch_size()` frames, as generation does).
@@ -36,6 +39,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import vqgan_kny  # noqa: E402
 from ganime_jax import conditioning, generation  # noqa: E402
+from ganime_jax.models.frame_layouts import Transformer, example_inputs  # noqa: E402
+from ganime_jax.models.frame_sequence import (WHOLE_HISTORY,  # noqa: E402
+                                              FrameSequenceTransformer)
 from ganime_jax.models.ganime_transformer import GANimeTransformer  # noqa: E402
 from ganime_jax.models.gpt import GPT2Config, gpt_preset  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
@@ -47,6 +53,7 @@ NUM_FRAMES = 16
 PORT_SECONDS = {"mini": 2.6, "gpt2-medium": 21.0}
 REQUIRED_SPEEDUP = {"mini": 1.5, "gpt2-medium": 2.0}
 BASELINE = "baseline (port procedure)"
+PATHS = ("prefix", "full", "sequence", "prefix_history", "sequence_history")
 
 
 def _load() -> float:
@@ -80,14 +87,18 @@ def make_tokenizer() -> Tokenizer:
 
 
 def make_transformer(preset: str, vocab: int, frame_tokens: int, n_frames_before: int,
-                     countdown_on_last_frame: bool) -> tuple[GANimeTransformer, Any]:
-    gpt = GPT2Config(**{**gpt_preset(preset), "vocab_size": vocab})
-    model = GANimeTransformer(gpt=gpt, frame_tokens=frame_tokens,
-                              n_frames_before=n_frames_before, max_frames=NUM_FRAMES,
-                              countdown_on_last_frame=countdown_on_last_frame)
-    context = jnp.zeros((1, n_frames_before, frame_tokens), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(1), context[:, 0], context,
-                                 jnp.zeros((1,), jnp.int32))["params"]
+                     path: str) -> tuple[Transformer, Any]:
+    """The transformer a generation path runs (see the module docstring), random weights."""
+    gpt = GPT2Config(**{**gpt_preset(preset), "vocab_size": vocab, "attn_pdrop": 0.0})
+    if path.startswith("sequence"):
+        window = WHOLE_HISTORY if path == "sequence_history" else n_frames_before
+        model = FrameSequenceTransformer(gpt=gpt, frame_tokens=frame_tokens,
+                                         n_frames_before=window, max_frames=NUM_FRAMES)
+    else:
+        k = NUM_FRAMES - 2 if path == "prefix_history" else n_frames_before
+        model = GANimeTransformer(gpt=gpt, frame_tokens=frame_tokens, n_frames_before=k,
+                                  max_frames=NUM_FRAMES, countdown_on_last_frame=path == "full")
+    params = jax.jit(model.init)(jax.random.key(1), *example_inputs(model))["params"]
     return model, jax.tree.map(jnp.asarray, params)
 
 
@@ -117,7 +128,7 @@ def _port_forward(model: GANimeTransformer) -> Callable:
 
 def bench_model(tokenizer: Tokenizer, preset: str, args: argparse.Namespace) -> list[dict]:
     models = {path: make_transformer(preset, tokenizer.num_embeddings, tokenizer.frame_tokens,
-                                     args.n_frames_before, countdown_on_last_frame=path == "full")
+                                     args.n_frames_before, path)
               for path in args.paths}
     decode_batch = generation.default_decode_batch_size()
     rng = np.random.default_rng(0)
@@ -130,8 +141,8 @@ def bench_model(tokenizer: Tokenizer, preset: str, args: argparse.Namespace) -> 
             tokenizer, model, params, first, last, NUM_FRAMES, jax.random.key(0),
             decode_batch_size=decode_batch)) for path, (model, params) in models.items()}
         fns["decode"] = lambda: generation.decode_in_batches(tokenizer, tokens, decode_batch)
-        if args.baseline and batch == 1:
-            model, params = models[args.paths[-1]]
+        if args.baseline and batch == 1 and "full" in models:
+            model, params = models["full"]
             fns[BASELINE] = lambda: port_procedure(tokenizer, model, params, first, last)
         load = _load()
         first_calls, medians = _interleaved_seconds(fns, args.repeats)
@@ -176,8 +187,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mini", "gpt2-medium"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--paths", nargs="+", choices=["prefix", "full"],
-                        default=["prefix", "full"])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n_frames_before", type=int, default=1)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")

@@ -1,13 +1,16 @@
-"""Stage-2 training throughput: compiled train steps on random token clips, printed as JSON.
+"""Stage-2 training throughput of both layouts side by side: compiled train steps on random
+token clips, printed as JSON.
 
-    python bench/bench_gpt_train.py --config=demo                     # configs/gpt_demo.py
-    python bench/bench_gpt_train.py --config=kny --clips=1 --frames=3 # gpt2-medium, 1 sequence
+    python bench/bench_gpt_train.py --config=demo          # window k=2, sequence k=2 and whole
+    python bench/bench_gpt_train.py --config=kny --clips=1 --frames=8 \
+        --variants=window:5,sequence:5,sequence:0          # gpt2-medium
 
-Reports, per phase (teacher forcing: one batched forward over all frames; own predictions:
-the lax.scan over frames), the median step time and two rates: `target_tokens_per_sec` (tokens
-whose loss is computed: clips x (frames - 2) x tokens per frame) and `sequence_tokens_per_sec`
-(all tokens the transformer runs on: target frames x (n_frames_before + 1) x tokens per frame).
-Runs on the default device, in float32 unless --dtype says otherwise.
+Each variant is `layout:n_frames_before` (0 with the sequence layout: the whole history). Steps
+of the variants are interleaved (one of each in turn), so a noisy machine slows them alike.
+Reports, per variant and phase (teacher forcing; own predictions: the model's own greedy frames
+as context), the median step time, `target_tokens_per_sec` (tokens whose loss is computed:
+clips x (frames - 2) x tokens per frame) and its ratio to the first variant's. Runs on the
+default device, in float32 unless --dtype says otherwise.
 """
 import argparse
 import json
@@ -20,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from configs import gpt_demo, gpt_kny
+from ganime_jax.models.frame_sequence import WHOLE_HISTORY
 from ganime_jax.train import mesh as mesh_lib
 from ganime_jax.train.gpt_task import GPTTask
 
@@ -36,7 +40,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--remat", default="", help="remat policy ('' = off)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase")
     parser.add_argument("--phases", default="teacher,own")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated layout:n_frames_before ('' = the config's window "
+                             "k, the sequence layout at that k and with the whole history)")
     return parser.parse_args(argv)
+
+
+def variants(args: argparse.Namespace, config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+    if args.variants:
+        return [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
+    k = config.model.n_frames_before
+    return [("window", k), ("sequence", k), ("sequence", WHOLE_HISTORY)]
 
 
 def bench_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
@@ -46,23 +60,26 @@ def bench_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.data.max_frames = args.frames or config.data.max_frames
     config.data.min_frames = min(config.data.min_frames, config.data.max_frames)
     config.optimizer.grad_accum_steps = args.accum
-    config.model.gpt.update(dtype=args.dtype, remat=args.remat)
+    config.model.gpt.update(dtype=args.dtype, remat=args.remat, attn_pdrop=0.0)
     return config
 
 
-def time_phase(task: GPTTask, state, batch: dict, step: int, num_steps: int):
-    """Compile seconds (first call) and the steady step times of one phase."""
+def variant_config(config: ml_collections.ConfigDict, layout: str,
+                   k: int) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.layout = layout
+    config.model.n_frames_before = k
+    if layout == "window":
+        config.model.gpt.n_positions = max(config.model.gpt.n_positions,
+                                           (k + 1) * config.model.frame_tokens)
+    return config
+
+
+def timed_step(task: GPTTask, state, batch: dict, step: int, key: int):
     start = time.perf_counter()
-    state, metrics = task.train_step(state, batch, jax.random.key(0), step)
+    state, metrics = task.train_step(state, batch, jax.random.key(key), step)
     jax.block_until_ready(metrics)
-    compile_seconds = time.perf_counter() - start
-    times = []
-    for i in range(num_steps):
-        start = time.perf_counter()
-        state, metrics = task.train_step(state, batch, jax.random.key(i + 1), step)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return state, compile_seconds, times, float(metrics["loss"])
+    return state, time.perf_counter() - start, float(metrics["loss"])
 
 
 def main(argv: list[str]) -> None:
@@ -70,33 +87,59 @@ def main(argv: list[str]) -> None:
     config = bench_config(args)
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}),
                               jax.devices()[:1])
-    task = GPTTask(config, mesh)
-    state = task.init_state(jax.random.key(0))
     clips, frames = config.train.batch_size, config.data.max_frames
-    hw, k = config.model.frame_tokens, config.model.n_frames_before
+    hw = config.model.frame_tokens
     rng = np.random.default_rng(0)
-    batch = {"tokens": rng.integers(0, config.model.gpt.vocab_size, (clips, frames, hw),
-                                    dtype=np.int32),
-             "n_frames": np.full((clips,), frames, np.int32)}
-    batch = {key: jax.device_put(value, task.batch_shardings[key]) for key, value in batch.items()}
+    tokens = rng.integers(0, config.model.gpt.vocab_size, (clips, frames, hw), dtype=np.int32)
+    runs = {}
+    for layout, k in variants(args, config):
+        task = GPTTask(variant_config(config, layout, k), mesh)
+        batch = {"tokens": tokens, "n_frames": np.full((clips,), frames, np.int32)}
+        batch = {key: jax.device_put(value, task.batch_shardings[key])
+                 for key, value in batch.items()}
+        state = task.init_state(jax.random.key(0))
+        runs[f"{layout}:k={k}"] = {"task": task, "state": state, "batch": batch}
     targets = clips * (frames - 2) * hw
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
     result = {"config": args.config, "device": str(jax.devices()[0].device_kind),
-              "params": int(num_params), "clips": clips, "frames": frames, "frame_tokens": hw,
-              "n_frames_before": k, "dtype": args.dtype, "remat": args.remat,
-              "grad_accum_steps": args.accum, "phases": {}}
+              "cpu": cpu_name(), "clips": clips, "frames": frames, "frame_tokens": hw,
+              "dtype": args.dtype, "remat": args.remat, "grad_accum_steps": args.accum,
+              "variants": {}}
     phase_steps = {"teacher": 0, "own": config.train.stop_ground_truth_after_step}
     for phase in args.phases.split(","):
-        state, compile_seconds, times, loss = time_phase(task, state, batch, phase_steps[phase],
-                                                         args.steps)
-        median = statistics.median(times)
-        result["phases"][phase] = {
-            "compile_and_first_step_s": round(compile_seconds, 3),
-            "step_s_median": round(median, 4), "step_s_all": [round(t, 4) for t in times],
-            "target_tokens_per_sec": round(targets / median, 1),
-            "sequence_tokens_per_sec": round(targets * (k + 1) / median, 1),
-            "loss": loss}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for round_index in range(args.steps + 1):  # round 0 compiles
+            for name, run in runs.items():
+                run["state"], seconds, run["loss"] = timed_step(
+                    run["task"], run["state"], run["batch"], phase_steps[phase], round_index)
+                if round_index:
+                    times[name].append(seconds)
+                else:
+                    run.setdefault("compile", {})[phase] = seconds
+        reference = None
+        for name, run in runs.items():
+            median = statistics.median(times[name])
+            rate = targets / median
+            reference = reference or rate
+            entry = result["variants"].setdefault(name, {
+                "params": int(sum(x.size for x in jax.tree.leaves(run["state"].params)))})
+            entry[phase] = {
+                "compile_and_first_step_s": round(run["compile"][phase], 3),
+                "step_s_median": round(median, 4),
+                "step_s_all": [round(t, 4) for t in times[name]],
+                "target_tokens_per_sec": round(rate, 1),
+                "vs_first_variant": round(rate / reference, 2), "loss": run["loss"]}
     print(json.dumps(result, indent=2))
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ("" where there is none)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 if __name__ == "__main__":

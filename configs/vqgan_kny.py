@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.lookup_dim = 0
     config.model.norm_groups = 32
     config.model.output_tanh = True
+    # > 1: fold p x p pixel patches into channels around the network (pixel shuffle), so no
+    # layer runs at full resolution (ours, for CPU budgets; the originals have 1).
+    config.model.patch_size = 1
     config.model.dtype = "float32"
     config.model.param_dtype = "float32"
 

@@ -130,6 +130,28 @@ def test_bundle_generates_the_clip_of_the_source_runs(runs, tmp_path, monkeypatc
     assert generators[1].tokenizer.fingerprint() == generators[0].tokenizer.fingerprint()
 
 
+def test_a_sequence_layout_bundle_samples(runs, tmp_path):
+    """A GPT of the `sequence` layout exports, loads back and generates its source run's clip
+    (greedy, through the cached sampler)."""
+    config = gpt_tiny.get_config()
+    config.update_from_flattened_dict({"tokenizer.workdir": runs["vqgan"],
+                                       "data.data_root": runs["config"].data.data_root,
+                                       "model.layout": "sequence", "model.gpt.attn_pdrop": 0.0})
+    gpt = gpt_workdir(tmp_path / "gpt_run", config, step=GPT_STEP)
+    out = export.export_bundle(gpt, tmp_path / "bundle", example_clip=EXAMPLE_CLIP)
+    run = bundle.load_sample_run(out)
+    generators = [sample.load_generator(config, gpt), sample.load_generator(run.config,
+                                                                            run.workdir)]
+    assert type(generators[1].transformer).__name__ == "FrameSequenceTransformer"
+    frames = images.load_frame_pair(run.first, run.last, generators[0].tokenizer.frame_shape)
+    clips = [generation.generate_frames(
+        g.tokenizer, g.transformer, g.params, frames[0][None], frames[1][None],
+        config.sample.num_frames, jax.random.key(0), method="greedy") for g in generators]
+    np.testing.assert_array_equal(clips[0], clips[1])
+    assert clips[1].shape == (1, config.sample.num_frames, *generators[1].tokenizer.frame_shape)
+    np.testing.assert_array_equal(clips[1][0, 0], frames[0])
+
+
 def test_zero_flag_sample_uses_the_bundle(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "DEMO_BUNDLE", runs["out"])
     monkeypatch.chdir(tmp_path)

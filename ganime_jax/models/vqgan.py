@@ -71,6 +71,21 @@ class Level(nn.Module):
         return h
 
 
+def space_to_depth(x: jax.Array, patch: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p patch becomes one position."""
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height // patch, patch, width // patch, patch, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height // patch, width // patch, -1)
+
+
+def depth_to_space(x: jax.Array, patch: int) -> jax.Array:
+    """The inverse of `space_to_depth` (a pixel shuffle)."""
+    batch, height, width, depth = x.shape
+    channels = depth // (patch * patch)
+    x = x.reshape(batch, height, width, patch, patch, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height * patch, width * patch, channels)
+
+
 class Encoder(nn.Module):
     channels: int
     channel_multipliers: Sequence[int]
@@ -82,11 +97,14 @@ class Encoder(nn.Module):
     num_groups: int
     dtype: Any
     param_dtype: Any
+    patch_size: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         num_levels = len(self.channel_multipliers)
+        if self.patch_size > 1:
+            x = space_to_depth(x, self.patch_size)
         h = conv(self.channels, 3, "conv_in", **kw)(x.astype(self.dtype))
         current = self.resolution
         for i, mult in enumerate(self.channel_multipliers):
@@ -112,6 +130,7 @@ class Decoder(nn.Module):
     num_groups: int
     dtype: Any
     param_dtype: Any
+    patch_size: int = 1
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -130,7 +149,7 @@ class Decoder(nn.Module):
             current = current * 2 if i else current
         self.up = levels[::-1]
         self.norm_out = GroupNorm(self.num_groups, dtype=self.dtype)
-        self.conv_out = conv(self.out_channels, 3, None, **kw)
+        self.conv_out = conv(self.out_channels * self.patch_size ** 2, 3, None, **kw)
 
     def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         """-> (frames float32, the features fed to conv_out)."""
@@ -142,6 +161,8 @@ class Decoder(nn.Module):
 
     def output_layer(self, features: jax.Array) -> jax.Array:
         out = self.conv_out(features).astype(jnp.float32)
+        if self.patch_size > 1:
+            out = depth_to_space(out, self.patch_size)
         return jnp.tanh(out) if self.output_tanh else out
 
 
@@ -154,7 +175,10 @@ class VQGAN(nn.Module):
     z_channels: encoder output / decoder input width. num_embeddings x embedding_dim: codebook.
     beta, legacy_loss, l2_normalize_codes, lookup_dim: see `quantizer`. norm_groups: GroupNorm
     groups (taming: 32). output_tanh: squash the decoder output into [-1, 1] (both GANime
-    implementations do; taming does not). dtype: compute dtype ("float32" or "bfloat16");
+    implementations do; taming does not). patch_size: > 1 folds each p x p pixel patch into
+    channels before the encoder's first conv and unfolds the decoder's last conv (a pixel
+    shuffle), so no layer runs at full resolution; the token grid is then (H, W) /
+    (p * 2^(levels-1)). 1 is taming's layout. dtype: compute dtype ("float32" or "bfloat16");
     parameters, GroupNorm and the quantiser stay float32.
     """
     in_channels: int = 3
@@ -174,6 +198,7 @@ class VQGAN(nn.Module):
     lookup_dim: int = 0
     norm_groups: int = 32
     output_tanh: bool = True
+    patch_size: int = 1
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
@@ -185,7 +210,8 @@ class VQGAN(nn.Module):
                       num_res_blocks=self.num_res_blocks,
                       attention_resolutions=tuple(self.attention_resolutions),
                       resolution=self.resolution, dropout=self.dropout,
-                      num_groups=self.norm_groups, dtype=compute, param_dtype=params)
+                      num_groups=self.norm_groups, dtype=compute, param_dtype=params,
+                      patch_size=self.patch_size)
         self.encoder = Encoder(z_channels=self.z_channels, **shared)
         self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
         self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,
@@ -197,7 +223,7 @@ class VQGAN(nn.Module):
 
     @property
     def downsampling_factor(self) -> int:
-        return 2 ** (len(self.channel_multipliers) - 1)
+        return self.patch_size * 2 ** (len(self.channel_multipliers) - 1)
 
     def _check_frames(self, frames: jax.Array) -> None:
         factor = self.downsampling_factor

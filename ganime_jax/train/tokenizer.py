@@ -59,7 +59,8 @@ class Tokenizer:
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        factor = 2 ** (len(self.config.model.channel_multipliers) - 1)
+        model = self.config.model
+        factor = model.get("patch_size", 1) * 2 ** (len(model.channel_multipliers) - 1)
         return self.config.data.height // factor, self.config.data.width // factor
 
     @property
