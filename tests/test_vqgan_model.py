@@ -259,3 +259,26 @@ def test_discriminator_shapes_and_state(norm):
 def test_unknown_discriminator_norm_is_a_user_error():
     with pytest.raises(UserError, match="unknown discriminator norm"):
         NLayerDiscriminator(norm="layer").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_patch_size_folds_pixels_around_the_network():
+    """patch_size=2: a pixel shuffle around the levels; same token grid with one level fewer,
+    and the decoder's last layer (the adaptive weight's) still yields the reconstruction."""
+    from ganime_jax.models.vqgan import depth_to_space, space_to_depth
+
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+    folded = space_to_depth(x, 2)
+    assert folded.shape == (2, 2, 3, 12)
+    np.testing.assert_array_equal(folded[0, 0, 0], x[0, :2, :2].reshape(-1))
+    np.testing.assert_array_equal(depth_to_space(folded, 2), x)
+
+    model = VQGAN(**{**TINY, "channel_multipliers": (1, 2), "patch_size": 2})
+    frames = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, FRAME_SHAPE), jnp.float32)
+    variables = jax.jit(model.init)(_key(0), frames)
+    recon, aux = jax.jit(model.apply)(variables, frames)
+    assert model.downsampling_factor == 4
+    assert recon.shape == FRAME_SHAPE and aux["indices"].shape == GRID
+    assert aux["pre_output_features"].shape == (2, 8, 16, TINY["channels"])
+    assert variables["params"]["decoder"]["conv_out"]["kernel"].shape[-1] == 3 * 4
+    again = model.apply(variables, aux["pre_output_features"], method=VQGAN.decoder_output_layer)
+    np.testing.assert_allclose(again, recon, atol=1e-6)
