@@ -3,14 +3,38 @@
 `python main.py --mode=sample` with neither --config nor --workdir generates a clip with the
 demo models shipped in ganime_jax/assets/demo (or the bundle that --bundle names) between the
 bundle's example frames (or --first/--last), written under workdirs/<bundle name>_sample/.
+`python main.py --mode=eval [--bundle=DIR] [--config.evaluate.num_clips=N]` evaluates a bundle
+the same way (the embedded test clips are built if missing), written under
+workdirs/<bundle name>_eval/.
 
 Errors caused by the user's input (paths, configs, data) are printed as one line and exit 2.
 """
+
+import sys
 
 from absl import app, flags, logging
 
 DEFAULT_CONFIG = "configs/vqgan_demo.py"
 MODES = ("train", "sample", "eval")
+BUNDLE_MODES = ("sample", "eval")  # modes that run a bundle when neither --config nor --workdir
+
+
+def _take_bundle_overrides(argv: list[str]) -> list[str]:
+    """A bundle run's `--config.x=v` arguments, removed from `argv`: they apply to the bundle's
+    config, not to DEFAULT_CONFIG (to which ml_collections would apply them at parse time)."""
+    args = argv[1:]
+    names = {arg.split("=", 1)[0] for arg in args}
+    modes = [arg.split("=", 1)[1] for arg in args if arg.startswith("--mode=")]
+    modes += [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--mode"]
+    if names & {"--config", "--workdir"} or not set(modes) & set(BUNDLE_MODES):
+        return []
+    overrides = [arg for arg in args if arg.startswith("--config.")]
+    for arg in overrides:
+        argv.remove(arg)
+    return overrides
+
+
+_BUNDLE_OVERRIDES = _take_bundle_overrides(sys.argv)
 
 
 def _define_config_flag():
@@ -36,9 +60,10 @@ _FIRST = flags.DEFINE_string("first", None, "sample: image file of the first fra
 _LAST = flags.DEFINE_string("last", None, "sample: image file of the last frame.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames of the generated clip, "
                                    "first and last included (default: config.sample.num_frames).")
-_BUNDLE = flags.DEFINE_string("bundle", None, "sample: the inference bundle (from `python -m "
-                               "ganime_jax.export`) used when neither --config nor --workdir is "
-                               "given; default: the shipped demo, ganime_jax/assets/demo.")
+_BUNDLE = flags.DEFINE_string("bundle", None, "sample, eval: the inference bundle (from "
+                               "`python -m ganime_jax.export`) used when neither --config nor "
+                               "--workdir is given; default: the shipped demo, "
+                               "ganime_jax/assets/demo.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: path of the MP4 to write (a GIF goes "
                               "beside it); default: <output_dir or workdir/samples>/*.mp4.")
 
@@ -55,7 +80,8 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     try:
         run = cli.resolve_run(_MODE.value, flags.FLAGS["config"], workdir=_WORKDIR.value,
-                              bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value)
+                              bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value,
+                              bundle_overrides=_BUNDLE_OVERRIDES)
         cli.run_mode(_MODE.value, run.config, run.workdir, first=run.first, last=run.last,
                      num_frames=_NUM_FRAMES.value, output=_OUTPUT.value)
     except UserError as error:

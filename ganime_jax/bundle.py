@@ -21,8 +21,10 @@ import pathlib
 
 import ml_collections
 
+from ganime_jax import config_check
+from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import checkpointing
+from ganime_jax.train import checkpointing, entry
 
 DEMO_BUNDLE = pathlib.Path(__file__).resolve().parent / "assets" / "demo"
 VQGAN_DIR = "vqgan"
@@ -30,9 +32,12 @@ GPT_DIR = "gpt"
 FIRST_FRAME = "first.png"
 LAST_FRAME = "last.png"
 MANIFEST = "bundle.json"
-# Samples of a bundle go to <OUTPUT_ROOT>/<bundle folder name>_sample, relative to the current
-# directory (like the default workdirs), never inside the bundle or the package.
+# Samples of a bundle go to <OUTPUT_ROOT>/<bundle folder name>_sample (its evaluations to
+# ..._eval), relative to the current directory (like the default workdirs), never inside the
+# bundle or the package.
 OUTPUT_ROOT = "workdirs"
+# The config sections that `--mode=eval` on a bundle may override.
+EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample")
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
                   "--gpt_workdir=workdirs/gpt_demo --out={}")
 
@@ -47,8 +52,8 @@ class SampleRun:
     last: pathlib.Path
 
 
-def output_dir(bundle_dir: str | pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(OUTPUT_ROOT) / f"{pathlib.Path(bundle_dir).resolve().name}_sample"
+def output_dir(bundle_dir: str | pathlib.Path, kind: str = "sample") -> pathlib.Path:
+    return pathlib.Path(OUTPUT_ROOT) / f"{pathlib.Path(bundle_dir).resolve().name}_{kind}"
 
 
 def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
@@ -76,3 +81,25 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
     config.sample.output_dir = str(output_dir(bundle_dir))
     return SampleRun(config=config, workdir=bundle_dir / GPT_DIR,
                      first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)
+
+
+def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> SampleRun:
+    """`load_sample_run` for `--mode=eval`: the report goes to `output_dir(bundle_dir, "eval")`,
+    `overrides` (`--config.evaluate.*` / `--config.sample.*`) are applied, and the embedded
+    dataset the bundle's tokenizer was trained on is built under the config's data_root if its
+    clips are missing (as training would build it)."""
+    run = load_sample_run(bundle_dir)
+    config = run.config
+    config.evaluate.output_dir = str(output_dir(bundle_dir, "eval"))
+    config_check.apply_overrides(config, overrides, EVAL_OVERRIDE_SECTIONS)
+    if not tfds_io.dataset_exists(config.data.data_root,
+                                  tfds_io.variant_name(config.data.dataset, "clips")):
+        tokenizer_config = checkpointing.read_config(pathlib.Path(config.tokenizer.workdir))
+        data = tokenizer_config.data
+        if data.dataset != config.data.dataset or not data.get("embedded", {}).get("kind"):
+            raise UserError(f"no {config.data.dataset}_clips dataset in {config.data.data_root} "
+                            "and the bundle's tokenizer was not trained on an embedded dataset "
+                            "to build it from; build it with `python -m data_prep.episodes`.")
+        data.data_root = config.data.data_root
+        entry.ensure_dataset(data)
+    return run

@@ -3,6 +3,7 @@ import dataclasses
 import importlib
 import pathlib
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -68,26 +69,35 @@ class Run:
 
 
 def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir: str | None,
-                first: str | None, last: str | None) -> Run:
+                first: str | None, last: str | None,
+                bundle_overrides: Sequence[str] = ()) -> Run:
     """The run that the flags name (`config_flag`: absl's `--config` flag object).
 
-    `--mode=sample` with neither --config nor --workdir samples from an inference bundle
-    (`bundle_dir`, default `bundle.DEMO_BUNDLE`): its GPT config and workdir, and its example
-    frames unless --first/--last are given. Otherwise `--config` (default: main.py's) is loaded
-    and the workdir defaults to workdirs/<config file name>.
+    `--mode=sample` or `--mode=eval` with neither --config nor --workdir runs an inference
+    bundle (`bundle_dir`, default `bundle.DEMO_BUNDLE`): its GPT config and workdir, for sample
+    its example frames unless --first/--last are given; eval takes `bundle_overrides`
+    (`--config.evaluate.*` / `--config.sample.*` arguments) and writes outside the bundle.
+    Otherwise `--config` (default: main.py's) is loaded and the workdir defaults to
+    workdirs/<config file name>.
     """
-    if mode == "sample" and not config_flag.present and workdir is None:
+    if mode in ("sample", "eval") and not config_flag.present and workdir is None:
         from ganime_jax import bundle
-        if config_flag.override_values:
-            name = next(iter(config_flag.override_values))
-            raise UserError(f"--config.{name} needs --config=FILE: the config of a bundle takes "
-                            "no overrides; pass --config and --workdir of a stage-2 run instead.")
-        run = bundle.load_sample_run(bundle_dir or bundle.DEMO_BUNDLE)
-        if first is None and last is None:
-            first, last = str(run.first), str(run.last)
+        overrides = list(bundle_overrides) + [f"--config.{name}"
+                                              for name in config_flag.override_values]
+        if mode == "sample":
+            if overrides:
+                raise UserError(f"{overrides[0].split('=')[0]} needs --config=FILE: the config of "
+                                "a bundle takes no overrides when sampling; pass --config and "
+                                "--workdir of a stage-2 run instead.")
+            run = bundle.load_sample_run(bundle_dir or bundle.DEMO_BUNDLE)
+            if first is None and last is None:
+                first, last = str(run.first), str(run.last)
+            return Run(run.config, str(run.workdir), first, last)
+        run = bundle.load_eval_run(bundle_dir or bundle.DEMO_BUNDLE, overrides)
         return Run(run.config, str(run.workdir), first, last)
     if bundle_dir is not None:
-        raise UserError("--bundle only applies to --mode=sample without --config and --workdir.")
+        raise UserError("--bundle only applies to --mode=sample and --mode=eval without "
+                        "--config and --workdir.")
     filename = config_flag.config_filename
     config = load_config(config_flag, filename)
     return Run(config, workdir or default_workdir(filename), first, last)

@@ -3,6 +3,7 @@
 Convention: a field whose value is None is required and unset (ml_collections placeholders);
 optional features are switched off with "" or 0, never None.
 """
+import ast
 import difflib
 from typing import Any
 
@@ -42,3 +43,37 @@ def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.Co
         if value is None:
             raise UserError(f"config field `{path}` is required but not set; pass "
                             f"--config.{path}=VALUE.")
+
+
+def _parse_like(current: Any, text: str, name: str) -> Any:
+    """`text` as a value of the type of `current` (what --config.name=text would give)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, (int, float)):
+            return type(current)(text)
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text)
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    except (ValueError, SyntaxError):
+        raise UserError(f"--config.{name}={text}: expected a value like {current!r}.") from None
+    return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
+                    sections: tuple[str, ...]) -> None:
+    """Applies `--config.a.b=value` arguments to `config` in place; only fields that exist
+    under one of `sections` may be set (values parsed to the field's type)."""
+    fields = flatten(config)
+    for argument in overrides:
+        name, _, text = argument.removeprefix("--config.").partition("=")
+        if not name.startswith(tuple(f"{section}." for section in sections)):
+            raise UserError(f"--config.{name} cannot be set here: only fields of "
+                            f"{', '.join(sections)} can.")
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            raise UserError(f"--config.{name}: no such field{hint}.")
+        config.update_from_flattened_dict({name: _parse_like(fields[name], text, name)})

@@ -37,24 +37,6 @@ from ganime_jax.train.tokenizer import GEN_PARAMS
 MANIFEST_FORMAT = 1
 
 
-def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config saved with the newest checkpoint of `workdir`."""
-    directory = checkpointing.checkpoint_dir(workdir)
-    if not directory.is_dir():
-        raise UserError(f"{workdir} holds no checkpoints; give the workdir of a trained run.")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                                    item_names=(checkpointing.CONFIG_ITEM,))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise UserError(f"{directory} holds no complete checkpoint; train the run first.")
-        saved = manager.restore(step, args=ocp.args.Composite(**{
-            checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM]
-    finally:
-        manager.close()
-    return ml_collections.ConfigDict(saved)
-
-
 def _write_workdir(workdir: pathlib.Path, step: int, state: dict,
                    config: ml_collections.ConfigDict) -> None:
     """One checkpoint holding `state` and `config` (no data item), plus config.json."""
@@ -180,7 +162,7 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     run's `tokenizer.workdir`) to `out`; returns `out`. `command` is recorded as provenance."""
     out, gpt_workdir = pathlib.Path(out), pathlib.Path(gpt_workdir)
     _check_out(out, overwrite)
-    config = run_config(gpt_workdir)
+    config = checkpointing.read_config(gpt_workdir)
     if config.get("stage") != "gpt":
         raise UserError(f"the checkpoint in {gpt_workdir} is of stage {config.get('stage')!r}, "
                         "not a GPT; give --gpt_workdir of a stage-2 (gpt) run.")

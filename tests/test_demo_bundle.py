@@ -152,6 +152,38 @@ def test_a_sequence_layout_bundle_samples(runs, tmp_path):
     np.testing.assert_array_equal(clips[1][0, 0], frames[0])
 
 
+def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_path,
+                                                                     monkeypatch):
+    """`--mode=eval --bundle=DIR --config.evaluate.*=...`: no training run needed; a missing
+    embedded test set is built (from the tokenizer's dataset settings) under the config's
+    data_root, and the report goes to workdirs/<bundle>_eval, not into the bundle."""
+    from ganime_jax.evaluation.run import run_eval
+
+    copied = tmp_path / "copied"
+    shutil.copytree(runs["out"], copied)
+    config_path = copied / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME
+    stored = json.loads(config_path.read_text())
+    stored["data"]["data_root"] = "datasets"  # relative: under the current directory
+    config_path.write_text(json.dumps(stored))
+    monkeypatch.chdir(tmp_path)
+    overrides = ["--config.evaluate.num_clips=2", "--config.evaluate.seeds=(0,)",
+                 "--config.sample.method=greedy"]
+    run = cli.resolve_run("eval", NO_CONFIG_FLAG, workdir=None, bundle_dir=str(copied),
+                          first=None, last=None, bundle_overrides=overrides)
+    assert (run.config.evaluate.num_clips, list(run.config.evaluate.seeds)) == (2, [0])
+    assert tfds_io.dataset_exists("datasets", "tiny_anime_clips")
+    results = run_eval(run.config, run.workdir)
+    assert results["num_clips"] == 2 and results["seeds_run"] == [0]
+    assert (tmp_path / "workdirs" / "copied_eval" / "results.json").is_file()
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in runs["out"].iterdir())
+    for bad, message in (("--config.train.num_steps=3", "only fields of evaluate, sample"),
+                         ("--config.evaluate.num_clip=3", "did you mean"),
+                         ("--config.evaluate.num_clips=many", "expected a value like")):
+        with pytest.raises(UserError, match=message):
+            cli.resolve_run("eval", NO_CONFIG_FLAG, workdir=None, bundle_dir=str(copied),
+                            first=None, last=None, bundle_overrides=[bad])
+
+
 def test_zero_flag_sample_uses_the_bundle(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(bundle, "DEMO_BUNDLE", runs["out"])
     monkeypatch.chdir(tmp_path)
@@ -181,6 +213,19 @@ def test_main_py_samples_from_a_bundle_in_any_directory(runs, tmp_path):
     assert done.stdout.splitlines()[-2:] == [f"wrote {written / 'generated.mp4'}",
                                              f"wrote {written / 'generated.gif'}"]
     assert len(list(video_io.read_video(tmp_path / written / "generated.mp4"))) == 4
+
+
+def test_main_py_passes_config_overrides_to_an_evaluated_bundle(runs, tmp_path):
+    """main.py hands --config.* of a bundle eval to the bundle's config (not to the default
+    stage-1 config, which has no `evaluate` section): a field outside evaluate/sample is one
+    error line."""
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "eval",
+                           f"--bundle={runs['out']}", "--config.train.num_steps=3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: --config.train.num_steps cannot be set here: only fields of evaluate, sample "
+        "can."]
 
 
 def _raises(match: str, function, *args, **kwargs) -> None:

@@ -101,3 +101,21 @@ def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(config.to_json(indent=2))
     tmp.replace(path)
+
+
+def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config saved with the newest checkpoint of `workdir`."""
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise UserError(f"{workdir} holds no checkpoints; give the workdir of a trained run.")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_names=(CONFIG_ITEM,))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise UserError(f"{directory} holds no complete checkpoint; train the run first.")
+        saved = manager.restore(step, args=ocp.args.Composite(**{
+            CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+    finally:
+        manager.close()
+    return ml_collections.ConfigDict(saved)
