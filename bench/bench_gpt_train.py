@@ -2,8 +2,8 @@
 token clips, printed as JSON.
 
     python bench/bench_gpt_train.py --config=demo          # window k=2, sequence k=2 and whole
-    python bench/bench_gpt_train.py --config=kny --clips=1 --frames=8 \
-        --variants=window:5,sequence:5,sequence:0          # gpt2-medium
+    python bench/bench_gpt_train.py --config=kny --clips=1 --frames=8 --remat=nothing_saveable \
+        --scan_layers --variants=window:5,sequence:5,sequence:0   # gpt2-medium
 
 Each variant is `layout:n_frames_before` (0 with the sequence layout: the whole history). Steps
 of the variants are interleaved (one of each in turn), so a noisy machine slows them alike.
@@ -38,6 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--dtype", default="float32", help="compute dtype")
     parser.add_argument("--remat", default="", help="remat policy ('' = off)")
+    parser.add_argument("--scan_layers", action="store_true",
+                        help="scan over layers (on CPU remat saves memory only with it)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase")
     parser.add_argument("--phases", default="teacher,own")
     parser.add_argument("--variants", default="",
@@ -60,7 +62,8 @@ def bench_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config.data.max_frames = args.frames or config.data.max_frames
     config.data.min_frames = min(config.data.min_frames, config.data.max_frames)
     config.optimizer.grad_accum_steps = args.accum
-    config.model.gpt.update(dtype=args.dtype, remat=args.remat, attn_pdrop=0.0)
+    config.model.gpt.update(dtype=args.dtype, remat=args.remat, attn_pdrop=0.0,
+                            scan_layers=args.scan_layers)
     return config
 
 
@@ -102,7 +105,8 @@ def main(argv: list[str]) -> None:
     targets = clips * (frames - 2) * hw
     result = {"config": args.config, "device": str(jax.devices()[0].device_kind),
               "cpu": cpu_name(), "clips": clips, "frames": frames, "frame_tokens": hw,
-              "dtype": args.dtype, "remat": args.remat, "grad_accum_steps": args.accum,
+              "dtype": args.dtype, "remat": args.remat, "scan_layers": args.scan_layers,
+              "grad_accum_steps": args.accum,
               "variants": {}}
     phase_steps = {"teacher": 0, "own": config.train.stop_ground_truth_after_step}
     for phase in args.phases.split(","):

@@ -1,5 +1,8 @@
 """The `sequence` layout: one causal pass equals per-frame contexts; no block sees a later frame
 or a frame outside its window; the cached sampler equals uncached step-by-step decoding."""
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +169,28 @@ def test_own_prediction_phase_scores_greedy_frames_in_one_pass(model_and_params)
     teacher = gpt_step.sequence_sums(model, params, tokens, n_frames, jax.random.key(0),
                                      train=False)
     assert abs(float(teacher.loss) - float(own.loss)) > 1e-3  # the context really changed
+
+
+def test_scanned_layers_compute_the_same(model_and_params):
+    """scan_layers=True (the layers' parameters stacked) gives the same one-pass logits and
+    the same cached greedy clip."""
+    model, params = model_and_params
+    params = nn.unbox(params)
+    scanned = FrameSequenceTransformer(
+        gpt=dataclasses.replace(model.gpt, scan_layers=True), frame_tokens=HW,
+        n_frames_before=model.n_frames_before, max_frames=MAX_FRAMES)
+    lm = dict(params["lm"])
+    layers = [lm.pop(f"h_{i}") for i in range(model.gpt.n_layer)]
+    stacked = {**params, "lm": {**lm, "h": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}
+    tokens = jnp.asarray(clip_tokens(6, MAX_FRAMES - 2))
+    last = jnp.asarray(clip_tokens(7, 1)[:, 0])
+    remaining = countdowns(MAX_FRAMES - 2)
+    np.testing.assert_allclose(
+        np.asarray(scanned.apply({"params": stacked}, last, tokens, remaining)),
+        np.asarray(model.apply({"params": params}, last, tokens, remaining)), atol=2e-5)
+
+    def greedy(m, p):
+        return rollout(m, p, tokens[:, 0], last, remaining,
+                       lambda logits, _: jnp.argmax(logits, axis=-1))
+    np.testing.assert_array_equal(np.asarray(greedy(scanned, stacked)),
+                                  np.asarray(greedy(model, params)))

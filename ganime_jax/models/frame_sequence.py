@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.gpt import GPT2Config, GPT2LM
+from ganime_jax.models.gpt import GPT2Config, GPT2LM, embedding_init
 
 LM_PARAMS = "lm"  # the GPT-2 trunk's parameter subtree, as in GANimeTransformer
 WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is visible
@@ -129,8 +129,7 @@ class FrameSequenceTransformer(nn.Module):
 
     def setup(self) -> None:
         cfg = self.gpt
-        init = nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), (None, "embed"))
+        init = embedding_init(cfg)
         self.countdown = self.param(
             "countdown", init, (self.max_frames + 1, cfg.n_embd), cfg.weight_dtype)
         self.frame_index = self.param(

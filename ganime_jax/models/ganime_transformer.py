@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.gpt import GPT2Config, GPT2LM
+from ganime_jax.models.gpt import GPT2Config, GPT2LM, embedding_init
 
 LM_PARAMS = "lm"  # name of the GPT-2 trunk's parameter subtree (where HF weights go)
 
@@ -39,8 +39,7 @@ class GANimeTransformer(nn.Module):
 
     def setup(self) -> None:
         cfg = self.gpt
-        init = nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), (None, "embed"))
+        init = embedding_init(cfg)
         self.countdown = self.param(
             "countdown", init, (self.max_frames + 1, cfg.n_embd), cfg.weight_dtype)
         if self.frame_position_embedding:

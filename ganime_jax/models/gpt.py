@@ -142,6 +142,11 @@ def _normal(std: float, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
 
+def embedding_init(cfg: GPT2Config) -> Callable:
+    """Init of the (rows, n_embd) conditioning tables a frame layout adds to the trunk."""
+    return _normal(cfg.initializer_range, (None, "embed"))
+
+
 def _zeros(names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 

@@ -136,9 +136,12 @@ def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Arra
     tf = conditioning.teacher_forcing_inputs(tokens, n_frames, 1)
     inputs = tokens[:, :-2]
     if own_predictions:
-        generated = rollout(model, params, tokens[:, 0], tf.last, tf.remaining[:, :-1],
+        # Constant parameters: the rollout is a primal-only computation (no residuals kept
+        # for the backward pass of the loss around it).
+        generated = rollout(model, jax.lax.stop_gradient(params), tokens[:, 0], tf.last,
+                            tf.remaining[:, :-1],
                             lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32))
-        inputs = jnp.concatenate([tokens[:, :1], jax.lax.stop_gradient(generated)], axis=1)
+        inputs = jnp.concatenate([tokens[:, :1], generated], axis=1)
     logits = model.apply({"params": params}, tf.last, inputs, tf.remaining, train=train,
                          rngs={"dropout": rng})
     return token_sums(logits, tf.targets, tf.valid)
