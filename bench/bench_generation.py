@@ -24,6 +24,7 @@ sequence, argmax, decode. All measurements of one batch size take turns (median 
 reported, as other processes slow every figure down.
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -96,6 +97,8 @@ def make_transformer(preset: str, vocab: int, frame_tokens: int, n_frames_before
                                          n_frames_before=window, max_frames=NUM_FRAMES)
     else:
         k = NUM_FRAMES - 2 if path == "prefix_history" else n_frames_before
+        # The whole history (15 x 128 tokens) exceeds GPT-2's 1,024 learned positions.
+        gpt = dataclasses.replace(gpt, n_positions=max(gpt.n_positions, (k + 1) * frame_tokens))
         model = GANimeTransformer(gpt=gpt, frame_tokens=frame_tokens, n_frames_before=k,
                                   max_frames=NUM_FRAMES, countdown_on_last_frame=path == "full")
     params = jax.jit(model.init)(jax.random.key(1), *example_inputs(model))["params"]
