@@ -28,6 +28,7 @@ from bench_vqgan_train import _load_config  # noqa: E402
 from ganime_jax import sample  # noqa: E402
 from ganime_jax.evaluation import run  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
+from ganime_jax.models.frame_layouts import example_inputs  # noqa: E402
 from ganime_jax.train.gpt_task import build_model  # noqa: E402
 from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
 
@@ -43,10 +44,8 @@ def random_generator(config, tokenizer_config) -> sample.Generator:
                           params=jax.jit(vqgan.init)(jax.random.key(0), frames)["params"],
                           workdir=pathlib.Path("."))
     transformer = build_model(config.model)
-    k, hw = transformer.n_frames_before, transformer.frame_tokens
-    params = jax.jit(transformer.init)(jax.random.key(1), jnp.zeros((1, hw), jnp.int32),
-                                       jnp.zeros((1, k, hw), jnp.int32),
-                                       jnp.zeros((1,), jnp.int32))["params"]
+    params = jax.jit(transformer.init)(jax.random.key(1),
+                                       *example_inputs(transformer))["params"]
     return sample.Generator(tokenizer, transformer, nn.unbox(params), step=0)
 
 

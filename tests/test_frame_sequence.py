@@ -194,3 +194,34 @@ def test_scanned_layers_compute_the_same(model_and_params):
                        lambda logits, _: jnp.argmax(logits, axis=-1))
     np.testing.assert_array_equal(np.asarray(greedy(scanned, stacked)),
                                   np.asarray(greedy(model, params)))
+
+
+def test_generate_tokens_samples_through_the_cache(model_and_params):
+    """`generation.generate_tokens` on the sequence layout: the given ends stay, greedy equals
+    the rollout, top-k of 1 equals greedy, a seed reproduces its clip and another seed
+    differs, and the first example samples the same alone as in a batch."""
+    from ganime_jax import generation
+
+    model, params = model_and_params
+    first = jnp.asarray(clip_tokens(8, 1)[:, 0])
+    last = jnp.asarray(clip_tokens(9, 1)[:, 0])
+
+    def generate(seed=0, batch=slice(None), **sampling):
+        return np.asarray(generation.generate_tokens(
+            model, params, first[batch], last[batch], MAX_FRAMES, jax.random.key(seed),
+            **sampling))
+
+    greedy = generate(method="greedy")
+    np.testing.assert_array_equal(greedy[:, 0], first)
+    np.testing.assert_array_equal(greedy[:, -1], last)
+    np.testing.assert_array_equal(greedy[:, 1:-1], rollout(
+        model, params, first, last, countdowns(MAX_FRAMES - 2),
+        lambda logits, _: jnp.argmax(logits, axis=-1)))
+    np.testing.assert_array_equal(generate(method="top_k", top_k=1), greedy)
+    sampled = generate(seed=1, method="top_p", top_p=0.95, temperature=2.0)
+    np.testing.assert_array_equal(generate(seed=1, method="top_p", top_p=0.95,
+                                           temperature=2.0), sampled)
+    assert not np.array_equal(generate(seed=2, method="top_p", top_p=0.95, temperature=2.0),
+                              sampled)
+    np.testing.assert_array_equal(generate(seed=1, batch=slice(0, 1), method="top_p",
+                                           top_p=0.95, temperature=2.0)[0], sampled[0])

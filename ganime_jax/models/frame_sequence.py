@@ -60,13 +60,15 @@ def block_mask(frame_ids: jax.Array, frame_tokens: int, window: int) -> jax.Arra
     return visible
 
 
-def dense_attend(q, k, v, past, inputs):
+def dense_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
+                 inputs: Any) -> tuple[jax.Array, Any]:
     """Block-causal attention over the whole sequence; `inputs` is the (L, L) mask."""
     del past
     return _attention(q, k, v, inputs[None, None]), None
 
 
-def windowed_attend(q, k, v, past, inputs):
+def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
+                    inputs: Any) -> tuple[jax.Array, Any]:
     """Block j of the clip frames against the last frame and its own window only.
 
     `inputs` = (window_index (F, W) int32: the blocks of each clip frame's window, oldest first,
@@ -93,7 +95,8 @@ def windowed_attend(q, k, v, past, inputs):
         batch, length, heads, dim), None
 
 
-def cached_attend(q, k, v, past, inputs):
+def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
+                  inputs: Any) -> tuple[jax.Array, Any]:
     """One block against the cache: write its keys/values into slot `slot`, then attend to the
     visible slots. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (slot int32,
     visible (slots,) bool)."""
