@@ -9,8 +9,9 @@ is built from its workdir on first use:
     python main.py --config=configs/gpt_demo.py --mode=eval  # -> workdirs/gpt_demo/eval
 
 The `sequence` layout (the whole clip in one block-causal pass; README "Stage-2 layouts"): at
-this size its teacher-forced step processes 2.7x the target tokens per second of GANime's
-window layout at the same k (`bench/bench_gpt_train.py --config=demo`). Attention window of 3
+this width and depth (with 512 codes and k=2) its teacher-forced step processed 2.7x the target
+tokens per second of GANime's window layout at the same k (`bench/bench_gpt_train.py
+--config=demo`). Attention window of 3
 frames per layer; over 4 layers a frame's prediction can draw on the 9 frames before it. A
 128-wide, 4-layer, 4-head GPT on batches of 4 clips cropped to 16 frames; teacher forcing for
 the first 2/5 of the steps (the reference's ratio, from gpt_kny), then the model's own
