@@ -59,8 +59,7 @@ class Tokenizer:
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        model = self.config.model
-        factor = model.get("patch_size", 1) * 2 ** (len(model.channel_multipliers) - 1)
+        factor = self.model.downsampling_factor
         return self.config.data.height // factor, self.config.data.width // factor
 
     @property
