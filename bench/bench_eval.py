@@ -8,8 +8,10 @@ With --workdir: the trained tokenizer and transformer and the held-out clips of 
 VQ-GAN of --tokenizer_config (its stage-1 config), and random clips; speed does not depend on
 either. Everything else is the config's `evaluate` section (--num_clips and --seeds override
 it). `evaluation.run.evaluate` runs once on one seed to compile every shape, then is timed
-on all seeds; its stage times are scaled linearly to 100 clips. The true clips' I3D features
-are computed (`i3d_real`), which `--mode=eval` caches after its first run.
+twice on all seeds, with the on-disk cache of `--mode=eval` in a fresh folder: "cold" (nothing
+cached: the first eval on a test set) and "new_model" (the true clips and the baselines cached,
+the transformer's weights changed by 1 %: what evaluating each new model costs). Stage times
+are scaled linearly to 100 clips.
 """
 import argparse
 import dataclasses
@@ -17,6 +19,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -24,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_gpt_train import cpu_name  # noqa: E402
 from bench_vqgan_train import _load_config  # noqa: E402
 from ganime_jax import sample  # noqa: E402
 from ganime_jax.evaluation import run  # noqa: E402
+from ganime_jax.evaluation.set_cache import SetCache  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
 from ganime_jax.models.frame_layouts import example_inputs  # noqa: E402
 from ganime_jax.train.gpt_task import build_model  # noqa: E402
@@ -77,23 +82,29 @@ def main() -> None:
 
     warm_up = dataclasses.replace(settings, seeds=settings.seeds[:1])
     run.evaluate(generator, truth, warm_up)
-    runs, timings = run.evaluate(generator, truth, settings)
     scale = EVAL_CLIPS / len(truth)
-    seeds_run = len(runs[run.MODEL])
-    per_100 = {stage: round(seconds * scale, 1) for stage, seconds in timings.items()}
-    per_100["generation_per_seed"] = round(timings["generation"] * scale / seeds_run, 1)
-    per_100["total_real_features_cached"] = round(
-        sum(s for stage, s in timings.items() if stage != "i3d_real") * scale, 1)
+    passes = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = SetCache.for_truth(folder, truth, settings.ssim_gaussian)
+        # cold: nothing cached; new_model: the cache of that run, and a transformer whose
+        # weights differ by 1 %, as a retrained model evaluated on the same test set.
+        retrained = dataclasses.replace(
+            generator, params=jax.tree.map(lambda p: p * 1.01, generator.params))
+        for name, model in (("cold", generator), ("new_model", retrained)):
+            runs, timings = run.evaluate(model, truth, settings, cache)
+            per_100 = {stage: round(seconds * scale, 1) for stage, seconds in timings.items()}
+            per_100["total"] = round(sum(timings.values()) * scale, 1)
+            passes[name] = {"measured_s": {k: round(v, 2) for k, v in timings.items()},
+                            f"per_{EVAL_CLIPS}_clips_s": per_100}
     print(json.dumps({
         "config": args.config, "weights": args.workdir or "random",
         "num_clips_measured": len(truth), "num_frames": settings.num_frames,
-        "frame_shape": list(generator.tokenizer.frame_shape), "seeds_run": seeds_run,
-        "sampling": settings.sampling(), "batch_size": settings.batch_size,
-        "fvd": settings.fvd, "backend": jax.default_backend(),
-        "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "measured_s": {stage: round(seconds, 2) for stage, seconds in timings.items()},
-        f"per_{EVAL_CLIPS}_clips_s": per_100}, indent=1))
+        "frame_shape": list(generator.tokenizer.frame_shape),
+        "seeds_run": len(runs[run.MODEL]), "sampling": settings.sampling(),
+        "batch_size": settings.batch_size, "fvd": settings.fvd,
+        "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2), **passes}, indent=1))
 
 
 if __name__ == "__main__":

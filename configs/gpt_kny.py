@@ -124,7 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.evaluate.i3d_batch_size = 8
     config.evaluate.metrics_batch_size = 64  # frames per PSNR / SSIM / LPIPS call
     config.evaluate.ssim_gaussian = True  # tf.image.ssim's 11x11 Gaussian, as GANime evaluated
-    config.evaluate.feature_cache_dir = ""  # "" = <data_root>/i3d_features (true clips' I3D)
+    # I3D features and frame scores of evaluated clip sets, keyed by content ("" =
+    # <data_root>/eval_cache): the baselines cost nothing after the first eval on a test set.
+    config.evaluate.feature_cache_dir = ""
     config.evaluate.output_dir = ""  # "" = <workdir>/eval
 
     config.mesh = ml_collections.ConfigDict()

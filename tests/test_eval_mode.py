@@ -19,6 +19,7 @@ from ganime_jax import batching, cli, sample
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import baselines, report, run, scoring
+from ganime_jax.evaluation.set_cache import SetCache
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d, image
 from ganime_jax.models.vqgan import VQGAN
@@ -171,14 +172,36 @@ def test_baseline_numbers_equal_direct_metric_calls(sampled, setup, truth, token
 
     params = i3d.load_i3d_params()
     real = i3d.i3d_logits(truth, params=params)
-    [cached] = list((setup["root"] / "features").glob("*.npz"))
-    with np.load(cached) as stored:
-        np.testing.assert_allclose(stored["features"], real, rtol=1e-4, atol=1e-4)
+    cache = SetCache.for_truth(str(setup["root"] / "features"), truth, ssim_gaussian=True)
+    stored = cache.i3d_features(truth, lambda: pytest.fail("the true clips are not cached"))
+    np.testing.assert_allclose(stored, real, rtol=1e-4, atol=1e-4)
     fake = i3d.i3d_logits(made["cross_fade"], params=params)
     np.testing.assert_allclose(methods["cross_fade"]["runs"][0]["fvd"],
                                fvd.frechet_distance(real, fake), rtol=1e-3)
     np.testing.assert_allclose(methods["cross_fade"]["runs"][0]["kvd"],
                                fvd.kernel_distance(real, fake), rtol=1e-3, atol=1e-6)
+
+
+def test_a_second_eval_is_served_from_the_cache_and_a_new_truth_is_not(sampled, setup, truth,
+                                                                         monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("recomputed what the cache holds")
+    monkeypatch.setattr(image, "lpips_against", no_work)
+    monkeypatch.setattr(i3d, "i3d_logits", no_work)
+    again = run.run_eval(_config(setup, "sampled_again", fvd=True), setup["workdir"])
+    for name, method in sampled["results"]["methods"].items():
+        assert again["methods"][name]["runs"] == method["runs"], name
+
+    folder = str(setup["root"] / "features")
+    changed = truth.copy()
+    changed[0, 1, 0, 0, 0] ^= 1
+    fade = baselines.cross_fade(truth)
+    assert SetCache.for_truth(folder, truth, ssim_gaussian=True).frame_scores(fade) is not None
+    for other in (SetCache.for_truth(folder, changed, ssim_gaussian=True),
+                  SetCache.for_truth(folder, truth, ssim_gaussian=False)):
+        assert other.frame_scores(fade) is None
+    with pytest.raises(AssertionError, match="recomputed"):
+        SetCache.for_truth(folder, changed, True).i3d_features(changed, no_work)
 
 
 def test_cross_fade_and_hold_on_hand_made_clips():

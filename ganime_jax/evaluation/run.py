@@ -5,16 +5,16 @@ to `num_frames`; the model generates their in-between frames from their first an
 once per seed (once in all when sampling is greedy, which ignores the seed), and the
 baselines of `baselines.py` are made once. Every set is scored against the true clips
 (`scoring.py`: PSNR, SSIM, LPIPS per in-between frame) and, with `config.evaluate.fvd`, by
-FVD/KVD of I3D features (first frame dropped), the true clips' features cached on disk.
+FVD/KVD of I3D features (first frame dropped). Features and scores are cached on disk by the
+clips' content (`set_cache.py`), so the baselines cost nothing after the first run on a test set.
 Results go to `<output_dir>/results.json`, `results.md` and `quality_by_position.png`.
 """
 import contextlib
 import dataclasses
-import hashlib
 import json
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -25,19 +25,16 @@ from ganime_jax import conditioning, generation, sample
 from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import baselines, report, scoring
+from ganime_jax.evaluation.set_cache import I3D_OPTIONS, SetCache
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d
 
 OUTPUT_SUBDIR = "eval"  # under the workdir when config.evaluate.output_dir is ""
-FEATURE_CACHE_SUBDIR = "i3d_features"  # under data_root when feature_cache_dir is ""
+CACHE_SUBDIR = "eval_cache"  # under data_root when feature_cache_dir is ""
 MODEL = "model"
 # The deterministic methods, made once each, in table order after the model.
 BASELINE_LABELS = {"reconstruction": "VQ-GAN reconstruction (ceiling)",
                    "cross_fade": "cross-fade", "hold": "hold first, then last"}
-
-# real_features(compute) -> the true clips' I3D features, e.g. from a cache.
-RealFeatures = Callable[[Callable[[], np.ndarray]], np.ndarray]
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
@@ -144,42 +141,62 @@ def baseline_set(name: str, generator: sample.Generator, truth: np.ndarray,
 
 
 def evaluate(generator: sample.Generator, truth: np.ndarray, settings: EvalSettings,
-             real_features: RealFeatures | None = None) -> tuple[dict[str, list], Timings]:
+             cache: SetCache | None = None) -> tuple[dict[str, list], Timings]:
     """({method: [one summary per run]}, timings) for the model and the baselines on `truth`.
 
     A run's summary is `scoring.summarize`'s, plus "seed" (None for the baselines) and, with
-    `settings.fvd`, "fvd" and "kvd". `real_features` supplies the true clips' I3D features
-    (given the function that computes them); None computes them.
+    `settings.fvd`, "fvd" and "kvd". Every set is made first, then the sets not in `cache`
+    (None: no cache) are scored together, so that the true frames go through LPIPS's VGG once.
     """
     timings = Timings()
-    lpips_params = load_lpips_params()
-    i3d_params = i3d.load_i3d_params() if settings.fvd else None
-
-    def features(clips: np.ndarray) -> np.ndarray:
-        return i3d.i3d_logits(clips, params=i3d_params, batch_size=settings.i3d_batch_size)
-
-    real = None
-    if settings.fvd:
-        with timings("i3d_real"):
-            real = (real_features or (lambda compute: compute()))(lambda: features(truth))
     plan = [(name, None) for name in BASELINE_LABELS]
     plan += [(MODEL, seed) for seed in settings.seeds_run]
-    runs: dict[str, list] = {MODEL: [], **{name: [] for name in BASELINE_LABELS}}
-    for name, seed in tqdm(plan, desc="evaluating", unit="set"):
+    sets = []
+    for name, seed in tqdm(plan, desc="making clip sets", unit="set"):
         with timings("generation" if name == MODEL else "baselines"):
-            clips = (generate_set(generator, truth, seed, settings) if name == MODEL
-                     else baseline_set(name, generator, truth, settings))
-        run: dict[str, Any] = {"seed": seed}
-        if settings.fvd:
-            with timings("i3d"):
-                distances = fvd.fvd_kvd(real, features(clips))
-            run.update(fvd=distances["fvd"], kvd=distances["kvd"])
-        with timings("metrics"):
-            scores = scoring.frame_scores(truth, clips, lpips_params,
-                                          batch_size=settings.metrics_batch_size,
-                                          ssim_gaussian=settings.ssim_gaussian)
-        runs[name].append({**run, **scoring.summarize(scores)})
+            sets.append(generate_set(generator, truth, seed, settings) if name == MODEL
+                        else baseline_set(name, generator, truth, settings))
+    with timings("metrics"):
+        scores = _frame_scores(truth, sets, settings, cache)
+    distances = [{} for _ in sets]
+    if settings.fvd:
+        with timings("i3d"):
+            distances = _fvd_kvd(truth, sets, settings, cache)
+    runs: dict[str, list] = {MODEL: [], **{name: [] for name in BASELINE_LABELS}}
+    for (name, seed), set_scores, set_distances in zip(plan, scores, distances):
+        runs[name].append({"seed": seed, **set_distances, **scoring.summarize(set_scores)})
     return runs, timings
+
+
+def _frame_scores(truth: np.ndarray, sets: list[np.ndarray], settings: EvalSettings,
+                  cache: SetCache | None) -> list[dict[str, np.ndarray]]:
+    scores = [cache.frame_scores(clips) if cache else None for clips in sets]
+    missing = [i for i, found in enumerate(scores) if found is None]
+    if missing:
+        fresh = scoring.frame_scores(truth, [sets[i] for i in missing], load_lpips_params(),
+                                     batch_size=settings.metrics_batch_size,
+                                     ssim_gaussian=settings.ssim_gaussian)
+        for i, set_scores in zip(missing, fresh):
+            scores[i] = set_scores
+            if cache:
+                cache.save_frame_scores(sets[i], set_scores)
+    return scores
+
+
+def _fvd_kvd(truth: np.ndarray, sets: list[np.ndarray], settings: EvalSettings,
+             cache: SetCache | None) -> list[dict[str, float]]:
+    def features(clips: np.ndarray) -> np.ndarray:
+        def compute() -> np.ndarray:
+            return i3d.i3d_logits(clips, params=i3d.load_i3d_params(),
+                                  batch_size=settings.i3d_batch_size, **I3D_OPTIONS)
+        return cache.i3d_features(clips, compute) if cache else compute()
+
+    real = features(truth)
+    distances = []
+    for clips in tqdm(sets, desc="I3D features", unit="set"):
+        both = fvd.fvd_kvd(real, features(clips))
+        distances.append({"fvd": both["fvd"], "kvd": both["kvd"]})
+    return distances
 
 
 def heldout_truth(config: ml_collections.ConfigDict, settings: EvalSettings) -> np.ndarray:
@@ -192,16 +209,11 @@ def heldout_truth(config: ml_collections.ConfigDict, settings: EvalSettings) -> 
     return truth
 
 
-def _feature_cache(config: ml_collections.ConfigDict, truth: np.ndarray) -> RealFeatures:
-    """The true clips' features through a FeatureCache keyed by dataset, split, length, and
-    the clips' content hash (so that a rebuilt dataset never reuses stale features)."""
+def _set_cache(config: ml_collections.ConfigDict, truth: np.ndarray,
+               settings: EvalSettings) -> SetCache:
     folder = config.evaluate.feature_cache_dir or str(
-        pathlib.Path(config.data.data_root) / FEATURE_CACHE_SUBDIR)
-    cache = fvd.FeatureCache(folder)
-    key = cache.key(config.data.dataset, config.data.eval_split, truth.shape[1],
-                    num_clips=len(truth), clips_sha256=hashlib.sha256(truth).hexdigest(),
-                    drop_first_frame=True, half_pixel_centers=True)
-    return lambda compute: cache.get_or_compute(key, compute)
+        pathlib.Path(config.data.data_root) / CACHE_SUBDIR)
+    return SetCache.for_truth(folder, truth, settings.ssim_gaussian)
 
 
 def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips: int,
@@ -251,8 +263,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
             f"tokenizer in {config.tokenizer.workdir} makes {generator.tokenizer.frame_shape}; "
             "evaluate on the dataset the model was trained on.")
     start = time.perf_counter()
-    runs, timings = evaluate(generator, truth, settings,
-                             _feature_cache(config, truth) if settings.fvd else None)
+    runs, timings = evaluate(generator, truth, settings, _set_cache(config, truth, settings))
     timings["total"] = time.perf_counter() - start
     results = {
         "checkpoint_step": generator.step, "tokenizer_step": generator.tokenizer.step,

@@ -98,6 +98,22 @@ def _unit_normalize(f: jax.Array) -> jax.Array:
     return f / (jnp.sqrt(jnp.maximum(sq, _SQNORM_FLOOR)) + NORM_EPS)
 
 
+def lpips_taps(params: LpipsParams, x: jax.Array, dtype: Any = jnp.float32) -> list[jax.Array]:
+    """The five unit-normalised float32 VGG taps of [-1, 1] NHWC images that LPIPS compares;
+    computed once, they can be compared with any number of other images' taps."""
+    return [_unit_normalize(f.astype(jnp.float32)) for f in vgg16_features(params, x, dtype)]
+
+
+def lpips_from_taps(params: LpipsParams, taps_x: list[jax.Array],
+                    taps_y: list[jax.Array]) -> jax.Array:
+    """LPIPS per image, shape (B,), of two images' `lpips_taps`."""
+    total = jnp.zeros((taps_x[0].shape[0],), jnp.float32)
+    for nx, ny, head in zip(taps_x, taps_y, params["heads"]):
+        per_channel = jnp.mean(jnp.square(nx - ny), axis=(1, 2))
+        total = total + per_channel @ head
+    return total
+
+
 def lpips_distance(
     params: LpipsParams, x: jax.Array, y: jax.Array, dtype: Any = jnp.float32
 ) -> jax.Array:
@@ -113,11 +129,4 @@ def lpips_distance(
     if x.ndim != 4 or x.shape != y.shape or x.shape[-1] != 3:
         raise ValueError(
             f"lpips_distance wants two (B, H, W, 3) images, got {x.shape} and {y.shape}")
-    total = jnp.zeros((x.shape[0],), jnp.float32)
-    for fx, fy, head in zip(vgg16_features(params, x, dtype), vgg16_features(params, y, dtype),
-                            params["heads"]):
-        nx = _unit_normalize(fx.astype(jnp.float32))
-        ny = _unit_normalize(fy.astype(jnp.float32))
-        per_channel = jnp.mean(jnp.square(nx - ny), axis=(1, 2))
-        total = total + per_channel @ head
-    return total
+    return lpips_from_taps(params, lpips_taps(params, x, dtype), lpips_taps(params, y, dtype))

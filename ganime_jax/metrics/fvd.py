@@ -1,4 +1,4 @@
-"""FVD and KVD: distances between two sets of I3D features, and an on-disk cache for the real set.
+"""FVD and KVD: distances between two sets of I3D features.
 
 FVD is the Frechet distance of Gaussians fitted to the features (Unterthiner et al. 2018), as
 `tfgan.eval.frechet_classifier_distance_from_activations`, which both the FVD reference and
@@ -20,12 +20,7 @@ Both run with one BLAS thread: the matrices are at most a few hundred wide, wher
 nothing, and multithreaded OpenBLAS eigendecompositions on a busy CPU spin-wait (a 400x400
 `eigh` took 2.5 s instead of 0.03 s on the shared 2-core machine).
 """
-import dataclasses
-import hashlib
-import json
-import os
-import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -101,74 +96,6 @@ def kernel_distance(feats_a: np.ndarray, feats_b: np.ndarray, degree: int = 3,
     within_a = (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
     within_b = (k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
     return float(within_a + within_b - 2.0 * k_ab.mean())
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureCache:
-    """Features of a fixed (real) video set, stored as npz under `directory`.
-
-    An entry is keyed by dataset, split, clip length and every option that changes the
-    features (preprocessing flags, number of clips, ...), plus `FEATURE_VERSION`. The file
-    name carries a hash of the key and the file stores the key itself, which is checked on
-    load. Writes go to a temporary file that is then renamed; nothing is pickled.
-    """
-
-    directory: str
-
-    @staticmethod
-    def key(dataset: str, split: str, num_frames: int, **options: Any) -> dict[str, Any]:
-        key = {"dataset": dataset, "split": split, "num_frames": int(num_frames),
-               "feature_version": FEATURE_VERSION, **options}
-        try:
-            json.dumps(key)
-        except TypeError as e:
-            raise UserError(f"feature cache options must be JSON values (str, int, float, "
-                            f"bool): {e}") from e
-        return key
-
-    def path(self, key: dict[str, Any]) -> str:
-        canonical = json.dumps(key, sort_keys=True)
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in
-                       f"{key['dataset']}_{key['split']}_{key['num_frames']}f")
-        return os.path.join(self.directory, f"{safe}_{digest}.npz")
-
-    def load(self, key: dict[str, Any]) -> np.ndarray | None:
-        """The cached features for `key`, or None when there is no entry."""
-        path = self.path(key)
-        if not os.path.exists(path):
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                stored_key, features = json.loads(str(data["key"])), data["features"]
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"unreadable feature cache file {path} ({e}): delete it") from e
-        if stored_key != json.loads(json.dumps(key)):
-            raise UserError(f"feature cache file {path} holds another key: delete it")
-        return features
-
-    def save(self, key: dict[str, Any], features: np.ndarray) -> str:
-        features = _check_features("features to cache", features, 1).astype(np.float32)
-        os.makedirs(self.directory, exist_ok=True)
-        path = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, features=features, key=np.array(json.dumps(key, sort_keys=True)))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
-
-    def get_or_compute(self, key: dict[str, Any],
-                       compute: Callable[[], np.ndarray]) -> np.ndarray:
-        features = self.load(key)
-        if features is None:
-            features = np.asarray(compute(), np.float32)
-            self.save(key, features)
-        return features
 
 
 def _as_features(name: str, data: np.ndarray, **i3d_options: Any) -> np.ndarray:

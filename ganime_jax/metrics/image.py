@@ -11,6 +11,7 @@ over windows lying fully inside the frame (scikit-image crops the border the sam
 LPIPS reuses `ganime_jax.losses.perceptual` (VGG16 LPIPS v0.1) on frames mapped to [-1, 1].
 """
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import numpy as np
 
 from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
-from ganime_jax.losses.perceptual import LpipsParams, lpips_distance
+from ganime_jax.losses.perceptual import LpipsParams, lpips_from_taps, lpips_taps
 
 DATA_RANGE = 255.0  # uint8 frames
 GAUSSIAN_TRUNCATE = 3.5  # scikit-image's Gaussian window radius, in sigmas
@@ -112,30 +113,53 @@ def per_position(values: jax.Array) -> jax.Array:
     return jnp.mean(values, axis=0)
 
 
+def _to_unit(frames: jax.Array) -> jax.Array:
+    return frames.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
 @jax.jit
-def _lpips_uint8(params: LpipsParams, a: jax.Array, b: jax.Array) -> jax.Array:
-    def to_unit(x: jax.Array) -> jax.Array:
-        return x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-    return lpips_distance(params, to_unit(a), to_unit(b))
+def _taps_uint8(params: LpipsParams, frames: jax.Array) -> list[jax.Array]:
+    return lpips_taps(params, _to_unit(frames))
+
+
+@jax.jit
+def _lpips_to_taps(params: LpipsParams, taps: list[jax.Array], frames: jax.Array) -> jax.Array:
+    return lpips_from_taps(params, taps, lpips_taps(params, _to_unit(frames)))
+
+
+def lpips_against(params: LpipsParams, truth: np.ndarray, others: Sequence[np.ndarray],
+                  batch_size: int = 64) -> list[np.ndarray]:
+    """LPIPS per frame of each of `others` against `truth`: uint8 frames (..., H, W, 3), all
+    shaped alike; one float32 array of shape truth.shape[:-3] per entry of `others`.
+
+    The true frames go through VGG once per batch for all of `others` (N sets cost N + 1
+    VGG passes, not 2N). `batch_size` frames per call, one compile per frame shape (a last
+    partial batch is padded with copies of its last frame).
+    """
+    truth = np.asarray(truth)
+    others = [np.asarray(other) for other in others]
+    for other in others:
+        _check_frames(truth, other, "lpips_against")
+        if other.dtype != np.uint8:
+            raise UserError(f"lpips_against wants uint8 frames, got {other.dtype}")
+    if truth.dtype != np.uint8:
+        raise UserError(f"lpips_against wants uint8 frames, got {truth.dtype}")
+    if batch_size < 1:
+        raise UserError(f"lpips_against batch_size must be positive, got {batch_size}")
+    lead = truth.shape[:-3]
+    flat = [array.reshape(-1, *array.shape[-3:]) for array in (truth, *others)]
+    if flat[0].shape[0] == 0 or not others:
+        return [np.zeros(lead, np.float32) for _ in others]
+
+    def distances(_: int, true_frames: np.ndarray, *sets: np.ndarray) -> np.ndarray:
+        taps = _taps_uint8(params, true_frames)
+        return np.stack([np.asarray(_lpips_to_taps(params, taps, frames)) for frames in sets],
+                        axis=1)
+    values = map_in_batches(distances, flat, batch_size, desc="LPIPS")
+    return [values[:, i].astype(np.float32).reshape(lead) for i in range(len(others))]
 
 
 def lpips_frames(params: LpipsParams, a: np.ndarray, b: np.ndarray,
                  batch_size: int = 64) -> np.ndarray:
-    """LPIPS per frame of uint8 frames (..., H, W, 3), shape a.shape[:-3], float32 numpy.
-
-    Frames go through VGG `batch_size` at a time (one compile per frame shape: a last partial
-    batch is padded with copies of its last frame).
-    """
-    a, b = np.asarray(a), np.asarray(b)
-    _check_frames(a, b, "lpips_frames")
-    if a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise UserError(f"lpips_frames wants uint8 frames, got {a.dtype} and {b.dtype}")
-    if batch_size < 1:
-        raise UserError(f"lpips_frames batch_size must be positive, got {batch_size}")
-    lead = a.shape[:-3]
-    a, b = a.reshape(-1, *a.shape[-3:]), b.reshape(-1, *b.shape[-3:])
-    if a.shape[0] == 0:
-        return np.zeros(lead, np.float32)
-    values = map_in_batches(lambda _, x, y: _lpips_uint8(params, x, y), (a, b), batch_size,
-                            desc="LPIPS")
-    return values.astype(np.float32).reshape(lead)
+    """LPIPS per frame of uint8 frames (..., H, W, 3), shape a.shape[:-3], float32 numpy."""
+    return lpips_against(params, a, [b], batch_size)[0]
