@@ -74,7 +74,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines + [""] + [f"- {note}" for note in results["notes"]]) + "\n"
 
 
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+    """`write(temporary_name)`, then the temporary renamed to `path` (removed on failure)."""
     temp = sibling_temp_path(path)
     try:
         write(temp)
@@ -88,7 +89,7 @@ def _write_text(path: pathlib.Path, text: str) -> None:
     def write(temp: str) -> None:
         with open(temp, "w", encoding="utf-8") as f:
             f.write(text)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def quality_plot(results: dict[str, Any]) -> Figure:
@@ -129,5 +130,5 @@ def write_report(results: dict[str, Any],
     _write_text(paths["table"], markdown_table(results))
     figure = quality_plot(results)
     FigureCanvasAgg(figure)
-    _atomic_write(paths["plot"], lambda temp: figure.savefig(temp, format="png", dpi=PLOT_DPI))
+    atomic_write(paths["plot"], lambda temp: figure.savefig(temp, format="png", dpi=PLOT_DPI))
     return paths
