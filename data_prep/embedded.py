@@ -18,14 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
 from data_prep.staged_clips import COUNT_KEYS, ClipCutter, ClipSettings, write_staged_datasets
+from ganime_jax import writable
+from ganime_jax.cli import run_command
 from ganime_jax.data import tfds_io
 from ganime_jax.data.moving_mnist import load_mnist_digits, render_moving_mnist_clip
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError
 
 SPLITS = ("train", "test")
 
@@ -176,6 +178,7 @@ def ensure_embedded_dataset(data_root: str, name: str, kind: str, **settings) ->
                 f"{tfds_io.dataset_path(data_root, names[0])} or use another dataset name."
             )
         return
+    writable.check_folder(data_root, "data_root")
     BUILDERS[kind](data_root, name, **settings)
 
 
@@ -220,15 +223,15 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     if not FLAGS.dataset or not FLAGS.data_root:
-        raise app.UsageError("--dataset and --data_root are required.")
+        raise UserError("--dataset and --data_root are required; see --helpshort.")
     builder = BUILDERS[FLAGS.dataset]
     params = set(inspect.signature(builder).parameters) - {"data_root", "name"}
     settings = {p: FLAGS[p].value for p in params}
-    with exit_on_user_error():
-        counts = builder(FLAGS.data_root, FLAGS.name or FLAGS.dataset, **settings)
+    writable.check_folder(FLAGS.data_root, "--data_root")
+    counts = builder(FLAGS.data_root, FLAGS.name or FLAGS.dataset, **settings)
     print(f"built {FLAGS.name or FLAGS.dataset} in {FLAGS.data_root}: {counts}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(main)

@@ -21,6 +21,11 @@ from ganime_jax.data.video_io import UnreadableVideoError, read_video, video_inf
 
 # Errors that mean "this file cannot be decoded": the file is skipped, the run goes on.
 DECODE_ERRORS = (UnreadableVideoError, av.error.FFmpegError, OSError)
+# A file that decodes to fewer than this share of the frames its header declares (and at
+# least SHORT_READ_MIN_FRAMES fewer) was probably truncated: its clips are kept, with a note.
+# The margin allows for edit lists and a duration-based count rounding off.
+SHORT_READ_SHARE = 0.98
+SHORT_READ_MIN_FRAMES = 2
 
 
 def cut_file(path: Path, settings: ClipSettings) -> FileClips:
@@ -71,6 +76,7 @@ class StageResult:
     counts: dict[str, int]
     skip_reason: str | None = None
     reused: bool = False
+    short_read: str | None = None  # why the file looks truncated, when it does
 
 
 def stage_file(path: str, staging_dir: str, settings: ClipSettings) -> StageResult:
@@ -78,11 +84,23 @@ def stage_file(path: str, staging_dir: str, settings: ClipSettings) -> StageResu
     file_path = Path(path)
     try:
         stage = Path(staging_dir) / f"{stage_key(file_path, settings)}.npz"
+        declared = video_info(file_path).num_frames
         if stage.exists():
             counts = FileClips.load(stage, with_frames=False).counts()
-            return StageResult(path, str(stage), counts, reused=True)
+            return StageResult(path, str(stage), counts, reused=True,
+                               short_read=short_read(counts["frames_read"], declared))
         clips = cut_file(file_path, settings)
     except DECODE_ERRORS as err:
         return StageResult(path, None, {}, skip_reason=f"unreadable video: {err}")
     clips.save(stage)
-    return StageResult(path, str(stage), clips.counts())
+    counts = clips.counts()
+    return StageResult(path, str(stage), counts,
+                       short_read=short_read(counts["frames_read"], declared))
+
+
+def short_read(decoded: int, declared: int) -> str | None:
+    """A note when `decoded` frames fall clearly short of the `declared` count, else None."""
+    if decoded >= SHORT_READ_SHARE * declared or declared - decoded < SHORT_READ_MIN_FRAMES:
+        return None
+    return (f"decoded {decoded} of the {declared} frames its header declares: probably "
+            "truncated (its clips are kept)")

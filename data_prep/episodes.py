@@ -18,14 +18,16 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
 from data_prep.episode_file import StageResult, stage_file
 from data_prep.staged_clips import COUNT_KEYS, ClipSettings, FileClips, write_staged_datasets
+from ganime_jax import writable
+from ganime_jax.cli import run_command
 from ganime_jax.data import clip_ops, tfds_io
 from ganime_jax.data.shot_detection import DEFAULT_THRESHOLD
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 
@@ -52,6 +54,7 @@ class PrepSummary:
     files_read: int = 0
     files_reused: int = 0  # read in an earlier, interrupted run (staged results reused)
     files_skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> reason
+    files_short: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> note
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
     split_sources: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     split_clips: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -66,6 +69,8 @@ class PrepSummary:
             f"  files read:               {self.files_read} ({self.files_reused} reused from staging)",
             f"  files skipped:            {len(self.files_skipped)}",
             *(f"    {path}: {reason}" for path, reason in self.files_skipped.items()),
+            f"  files read in part:       {len(self.files_short)}",
+            *(f"    {path}: {note}" for path, note in self.files_short.items()),
             f"  frames read:              {c['frames_read']}",
             f"  shots:                    {c['shots']}",
             f"  frames dropped as held:   {c['frames_held']}",
@@ -144,6 +149,7 @@ def prepare_episodes(
     """Build `{name}_frames` and `{name}_clips` under `data_root` from the video files in `inputs`."""
     for suffix in ("frames", "clips"):
         tfds_io.dataset_path(data_root, f"{name}_{suffix}")  # validates the name early
+    writable.check_folder(data_root, "--data_root")
     videos, skipped = find_videos(inputs)
     summary = PrepSummary(name=name, files_skipped=skipped)
     stage_dir = staging_dir(data_root, name)
@@ -158,6 +164,8 @@ def prepare_episodes(
             continue
         summary.files_read += 1
         summary.files_reused += result.reused
+        if result.short_read is not None:
+            summary.files_short[str(path)] = result.short_read
         for key in COUNT_KEYS:
             summary.counts[key] += result.counts[key]
         if result.counts["clips"] > 0:
@@ -211,18 +219,17 @@ def main(argv: Sequence[str]) -> None:
     del argv
     for flag in ("input", "data_root", "name"):
         if not FLAGS[flag].value:
-            raise app.UsageError(f"--{flag} is required.")
+            raise UserError(f"--{flag} is required; see --helpshort.")
     clip = ClipSettings(
         height=FLAGS.height, width=FLAGS.width, min_frames=FLAGS.min_frames, max_frames=FLAGS.max_frames,
         held_threshold=FLAGS.held_threshold, shot_threshold=FLAGS.shot_threshold,
         min_scene_len=FLAGS.min_scene_len,
     )
     settings = PrepSettings(clip=clip, test_fraction=FLAGS.test_fraction, seed=FLAGS.seed, workers=FLAGS.workers)
-    with exit_on_user_error():
-        summary = prepare_episodes(FLAGS.input, FLAGS.data_root, FLAGS.name, settings)
+    summary = prepare_episodes(FLAGS.input, FLAGS.data_root, FLAGS.name, settings)
     print(summary.format())
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(main)

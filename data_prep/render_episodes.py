@@ -13,12 +13,14 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from ganime_jax import writable
+from ganime_jax.cli import run_command
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
 from ganime_jax.data.video_io import VideoWriter, sibling_temp_path
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -70,6 +72,7 @@ def render_episodes(output_dir: str, num_episodes: int, num_frames: int, seed: i
     if num_episodes < 1 or num_frames < 1:
         raise UserError(f"need at least one episode of at least one frame, got num_episodes="
                         f"{num_episodes}, {num_frames} frames per episode")
+    writable.check_folder(output_dir, "--output_dir")
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     with tqdm(total=num_episodes * num_frames, unit="frame", desc="render episodes") as progress:
@@ -97,20 +100,18 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     f = flags.FLAGS
-    with exit_on_user_error():
-        if f.output_dir is None:
-            raise UserError("--output_dir is required: the folder to write the episodes to")
-        if not f.minutes > 0 or not f.fps > 0:
-            raise UserError(f"--minutes and --fps must be positive, got {f.minutes}, {f.fps}")
-        config = SyntheticAnimeConfig(height=f.height, width=f.width)
-        num_frames = round(f.minutes * 60 * f.fps)
-        render_episodes(f.output_dir, f.num_episodes, num_frames, f.seed, config, f.fps,
-                        f.min_drawings, f.max_drawings, f.quality, f.suffix)
+    if f.output_dir is None:
+        raise UserError("--output_dir is required: the folder to write the episodes to")
+    if not f.minutes > 0 or not f.fps > 0:
+        raise UserError(f"--minutes and --fps must be positive, got {f.minutes}, {f.fps}")
+    config = SyntheticAnimeConfig(height=f.height, width=f.width)
+    num_frames = round(f.minutes * 60 * f.fps)
+    render_episodes(f.output_dir, f.num_episodes, num_frames, f.seed, config, f.fps,
+                    f.min_drawings, f.max_drawings, f.quality, f.suffix)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(main)

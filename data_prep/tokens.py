@@ -23,11 +23,13 @@ from collections.abc import Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
+from ganime_jax import writable
+from ganime_jax.cli import run_command
 from ganime_jax.data import tfds_io
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError
 from ganime_jax.train import mesh as mesh_lib
 from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
 
@@ -135,6 +137,7 @@ def build_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | p
 
     Frame batches of `batch_size` are split over `mesh` (default: every local device).
     """
+    writable.check_folder(data_root, "data_root")
     source_name = tfds_io.variant_name(dataset, "clips")
     summary = tfds_io.dataset_summary(data_root, source_name)
     if summary["kind"] != "clips":
@@ -206,18 +209,15 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv
     if not FLAGS.tokenizer_workdir or not FLAGS.dataset:
-        raise app.UsageError("--tokenizer_workdir and --dataset are required.")
-    with exit_on_user_error():
-        path = build_token_dataset(FLAGS.data_root, FLAGS.dataset, FLAGS.tokenizer_workdir,
-                                   batch_size=FLAGS.batch_size,
-                                   clips_per_shard=FLAGS.clips_per_shard)
+        raise UserError("--tokenizer_workdir and --dataset are required.")
+    path = build_token_dataset(FLAGS.data_root, FLAGS.dataset, FLAGS.tokenizer_workdir,
+                               batch_size=FLAGS.batch_size, clips_per_shard=FLAGS.clips_per_shard)
     name = tfds_io.variant_name(FLAGS.dataset, "tokens")
     print(f"wrote {path}: {tfds_io.dataset_summary(FLAGS.data_root, name)}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(main)

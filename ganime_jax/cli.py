@@ -3,14 +3,14 @@ import dataclasses
 import importlib
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
-from absl import flags
+from absl import app, flags
 
-from ganime_jax import config_check
-from ganime_jax.errors import UserError
+from ganime_jax import config_check, writable
+from ganime_jax.errors import UserError, exit_on_user_error
 
 # The complete reference config of each stage: every config of that stage has its fields.
 REFERENCE_CONFIGS = {"vqgan": "configs.vqgan_kny", "gpt": "configs.gpt_kny"}
@@ -27,6 +27,17 @@ def config_error(error: BaseException) -> str:
     text = text.replace("\\n", "\n").replace("\\'", "'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def run_command(main: Callable[[list[str]], None]) -> None:
+    """`app.run(main)` for the `python -m ...` commands: a flag error, a stray argument or a
+    UserError raised by `main` ends as one `error:` line with exit status 2."""
+    def checked(argv: list[str]) -> None:
+        if len(argv) > 1:
+            fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
+        with exit_on_user_error():
+            main(argv)
+    app.run(checked, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -111,6 +122,7 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
     if given and mode != "sample":
         raise UserError(f"--{given[0]} only applies to --mode=sample.")
     if mode == "train":
+        writable.check_folder(workdir, "--workdir")
         from ganime_jax.train import entry
         entry.train(config, workdir)
         return

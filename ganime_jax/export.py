@@ -25,12 +25,13 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image
 
-from ganime_jax import bundle, sample
+from ganime_jax import bundle, sample, writable
+from ganime_jax.cli import run_command
 from ganime_jax.data import tfds_io
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError
 from ganime_jax.train import checkpointing
 from ganime_jax.train.tokenizer import GEN_PARAMS
 
@@ -162,6 +163,7 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     run's `tokenizer.workdir`) to `out`; returns `out`. `command` is recorded as provenance."""
     out, gpt_workdir = pathlib.Path(out), pathlib.Path(gpt_workdir)
     _check_out(out, overwrite)
+    writable.check_folder(out.parent, "the folder of --out")
     config = checkpointing.read_config(gpt_workdir)
     if config.get("stage") != "gpt":
         raise UserError(f"the checkpoint in {gpt_workdir} is of stage {config.get('stage')!r}, "
@@ -195,18 +197,16 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     if not FLAGS["verbosity"].present:  # orbax's INFO logs
         logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv
     if not FLAGS.gpt_workdir or not FLAGS.out:
-        raise app.UsageError("--gpt_workdir and --out are required.")
+        raise UserError("--gpt_workdir and --out are required.")
     command = shlex.join(["python", "-m", "ganime_jax.export", *sys.argv[1:]])
-    with exit_on_user_error():
-        out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
-                            example_clip=FLAGS.example_clip, overwrite=FLAGS.overwrite,
-                            command=command)
+    out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
+                        example_clip=FLAGS.example_clip, overwrite=FLAGS.overwrite,
+                        command=command)
     print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(main)

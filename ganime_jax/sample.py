@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ganime_jax import generation
+from ganime_jax import generation, writable
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
@@ -89,22 +89,25 @@ def _restore_params(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         if step is None:
             raise UserError(f"{directory} holds no complete checkpoint; "
                             + TRAIN_HINT.format(workdir))
-        saved = manager.restore(step, args=ocp.args.Composite(**{
-            checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM]
+        with checkpointing.reading(manager, step):
+            saved = manager.restore(step, args=ocp.args.Composite(**{
+                checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM]
         if saved.get("stage") != "gpt":
             raise UserError(f"the checkpoint in {workdir} is of stage {saved.get('stage')!r}, "
                             "not a GPT; give the --workdir of a stage-2 (gpt) run.")
         checkpointing.check_same_architecture(saved, config.to_dict(), directory)
         abstract = _abstract_params(transformer)
-        stored = manager.item_metadata(step)[checkpointing.STATE_ITEM]
+        with checkpointing.reading(manager, step):
+            stored = manager.item_metadata(step)[checkpointing.STATE_ITEM]
         _check_shapes(getattr(stored, "tree", stored), abstract, directory)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
             sharding=device, global_shape=x.shape, dtype=x.dtype), abstract)
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
-                item={PARAMS_FIELD: abstract}, restore_args={PARAMS_FIELD: restore_args},
-                partial_restore=True)}))
+        with checkpointing.reading(manager, step):
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
+                    item={PARAMS_FIELD: abstract}, restore_args={PARAMS_FIELD: restore_args},
+                    partial_restore=True)}))
     finally:
         manager.close()
     return restored[checkpointing.STATE_ITEM][PARAMS_FIELD], step
@@ -134,9 +137,13 @@ def _abstract_params(transformer: Transformer) -> Any:
 
 def output_paths(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                  output: str | None, default_name: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """(MP4 path, GIF path): `--output` names the MP4 (the GIF goes beside it)."""
+    """(MP4 path, GIF path): `--output` names the MP4 (the GIF goes beside it); checked to be
+    writable, not yet created."""
     if output:
         path = pathlib.Path(output)
+        if path.is_dir():
+            raise UserError(f"--output={output} is a folder; name the MP4 to write, e.g. "
+                            f"{path / (default_name + VIDEO_SUFFIX)}.")
         if path.suffix.lower() not in (VIDEO_SUFFIX, GIF_SUFFIX, ""):
             raise UserError(f"--output={output} must end in {VIDEO_SUFFIX} (a GIF is written "
                             "beside it).")
@@ -144,7 +151,8 @@ def output_paths(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     else:
         folder = config.sample.output_dir or pathlib.Path(workdir) / "samples"
         stem = pathlib.Path(folder) / default_name
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    writable.check_folder(stem.parent, "the folder of --output" if output else
+                          "the samples folder (config.sample.output_dir)")
     return stem.with_suffix(VIDEO_SUFFIX), stem.with_suffix(GIF_SUFFIX)
 
 
@@ -185,6 +193,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     _check_stage(config)
     settings = config.sample
     num_frames = settings.num_frames if num_frames is None else num_frames
+    video_path, gif_path = output_paths(config, workdir, output,
+                                        PAIR_NAME if first is not None else GRID_NAME)
     generator = load_generator(config, workdir)
     generation.check_num_frames(num_frames, generator.transformer.max_frames)
     frame_shape = generator.tokenizer.frame_shape
@@ -205,9 +215,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
           f"transformer ({settings.method}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)
     video = clips[0] if truth is None else _grid_video(clips, truth)
-    video_path, gif_path = output_paths(config, workdir, output,
-                                        PAIR_NAME if truth is None else GRID_NAME)
     fps = settings.get("fps", DEFAULT_FPS)
+    video_path.parent.mkdir(parents=True, exist_ok=True)
     video_io.write_video(video_path, video, fps=fps)
     video_io.write_gif(gif_path, video, fps=fps)
     for path in (video_path, gif_path):

@@ -153,3 +153,43 @@ def test_cli_builds_and_reports_errors_in_one_line(inputs, tmp_path):
     assert tfds_io.dataset_exists(str(tmp_path), "cli_clips") and tfds_io.dataset_exists(str(tmp_path), "cli_frames")
     result = _cli(f"--input={tmp_path / 'missing'}", f"--data_root={tmp_path}", "--name=x")
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --input")
+
+
+def test_a_truncated_mkv_keeps_its_clips_with_a_note(inputs, tmp_path):
+    folder, _ = inputs
+    whole = folder / "ep1.mkv"  # Matroska declares a duration, not a frame count
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    full = episode_file.stage_file(str(whole), str(stages), CLIP)
+    part = episode_file.stage_file(str(cut), str(stages), CLIP)
+    assert full.short_read is None and part.skip_reason is None
+    assert 0 < part.counts["frames_read"] < 0.8 * full.counts["frames_read"]
+    assert part.short_read == (f"decoded {part.counts['frames_read']} of the "
+                               f"{full.counts['frames_read']} frames its header declares: "
+                               "probably truncated (its clips are kept)")
+    again = episode_file.stage_file(str(cut), str(stages), CLIP)
+    assert again.reused and again.short_read == part.short_read
+    summary = episodes.PrepSummary(name="x", files_short={str(cut): part.short_read})
+    assert f"  files read in part:       1\n    {cut}: decoded" in summary.format()
+    assert episode_file.short_read(98, 100) is None and episode_file.short_read(9, 10) is None
+    assert episode_file.short_read(97, 100) is not None
+
+
+def test_cli_settings_errors_are_one_line_with_status_2(tmp_path):
+    cases = [(("--workers=0",), "error: workers must be >= 1, got 0."),
+             (("--min_frames=30", "--max_frames=10"),
+              "error: need 1 <= min_frames <= max_frames, got 30..10."),
+             (("--height=0",), "error: frame size must be positive, got 0x128.")]
+    for extra, message in cases:
+        result = _cli(f"--input={tmp_path}", f"--data_root={tmp_path / 'd'}", "--name=x", *extra)
+        assert (result.returncode, result.stderr.strip().splitlines()) == (2, [message])
+    result = _cli(f"--input={tmp_path}", f"--data_root={tmp_path / 'd'}")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "error: --name is required; see --helpshort.")
+    (tmp_path / "a_file").write_text("")
+    result = _cli(f"--input={tmp_path}", f"--data_root={tmp_path / 'a_file' / 'd'}", "--name=x")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --data_root {tmp_path / 'a_file' / 'd'} lies under {tmp_path / 'a_file'}, "
+        "which is a file; pass a path under a folder."]

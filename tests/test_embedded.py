@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import embedded
+from data_prep import embedded, render_episodes
 from ganime_jax.data import tfds_io
+from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig
 from ganime_jax.errors import UserError
 
 ANIME = dict(num_train_episodes=2, num_test_episodes=1, shots_per_episode=2, min_drawings=8, max_drawings=12,
@@ -83,3 +84,19 @@ def test_cli_builds_synthetic_anime(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert tfds_io.split_names(str(tmp_path), "cli_clips") == ["train", "test"]
     assert tfds_io.read_metadata(str(tmp_path), "cli_frames")["settings"]["shots_per_episode"] == 2
+
+
+def test_output_places_are_checked_before_building(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(UserError, match="data_root .*a_file is a file, not a folder"):
+        embedded.ensure_embedded_dataset(str(a_file), "toon", kind="synthetic_anime", **ANIME)
+    with pytest.raises(UserError, match="--output_dir .*a_file is a file, not a folder"):
+        render_episodes.render_episodes(str(a_file), 1, 4, 0, SyntheticAnimeConfig())
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "data_prep.embedded", "--dataset=bogus",
+                             f"--data_root={tmp_path}"], capture_output=True, text=True, cwd=repo)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [
+        "error: flag --dataset=bogus: value should be one of <moving_mnist|synthetic_anime>; "
+        "see --helpshort."])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -1,5 +1,6 @@
 """`--mode=sample` end to end on a tiny checkpointed tokenizer + GPT, image loading, errors."""
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -243,3 +244,49 @@ def test_main_py_end_to_end(setup):
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: cannot read image missing.png: no such file.")
+
+
+def _largest_file(folder: pathlib.Path) -> pathlib.Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_unwritable_outputs_and_damaged_checkpoints_fail_before_any_work(setup, tmp_path):
+    root, pair = setup["root"], dict(first=setup["first"], last=setup["last"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "folder").mkdir()
+    # The output checks come first: the workdir named here holds no checkpoint at all.
+    nowhere = str(tmp_path / "no_run")
+    _raises(setup, "--output=.*folder is a folder; name the MP4 to write, e.g. .*generated.mp4",
+            output=str(tmp_path / "folder"), workdir=nowhere, **pair)
+    _raises(setup, "the folder of --output .*a_file is a file, not a folder",
+            output=str(a_file / "clip.mp4"), workdir=nowhere, **pair)
+    _raises(setup, "--workdir .*a_file is a file, not a folder", workdir=str(a_file),
+            mode="train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder"]
+
+    for damage in ("data", "metadata"):
+        workdir = tmp_path / f"damaged_{damage}"
+        shutil.copytree(setup["workdir"], workdir)
+        state = next((workdir / "checkpoints").iterdir()) / "state"
+        target = _largest_file(state) if damage == "data" else state / "_METADATA"
+        target.write_bytes(target.read_bytes()[:50])
+        _raises(setup, r"the checkpoint .*damaged_.*checkpoints/1 is damaged or unreadable "
+                r"\((ValueError|JSONDecodeError): .*\); restore it from a copy",
+                workdir=str(workdir), **pair)
+
+
+def test_a_one_pixel_image_is_refused(setup, tmp_path):
+    tiny = _write_image(tmp_path / "tiny.png", (1, 1))
+    _raises(setup, "a 1x1 frame is too small to crop to the 32x16 aspect ratio", first=tiny,
+            last=tiny)
+
+
+def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "clip.gif"
+    stale = tmp_path / f".clip.{'0' * 32}.tmp.gif"
+    stale.write_bytes(b"")  # what a run killed mid-write leaves
+    other = tmp_path / f".other.{'0' * 32}.tmp.gif"  # another file's: not ours to remove
+    other.write_bytes(b"")
+    video_io.write_gif(target, np.zeros((2, 4, 4, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clip.gif", other.name])

@@ -94,6 +94,9 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     src_h, src_w = frames.shape[1:3]
     crop_w = min(src_w, round(src_h * width / height))
     crop_h = min(src_h, round(src_w * height / width))
+    if crop_h < 1 or crop_w < 1:
+        raise UserError(f"a {src_w}x{src_h} frame is too small to crop to the {width}x{height} "
+                        f"aspect ratio; give a larger image (ideally at least {width}x{height}).")
     top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
     cropped = frames[:, top:top + crop_h, left:left + crop_w]
     if (crop_h, crop_w) == (height, width):

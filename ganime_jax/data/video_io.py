@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from types import TracebackType
@@ -86,12 +87,17 @@ def sibling_temp_path(path: PathLike) -> str:
     """Creates an empty, uniquely named file next to `path` with the same suffix.
 
     Write there, then `os.replace` it onto `path`, so that `path` is never half-written.
-    The file is created with `open` (not `mkstemp`) so that it gets the usual permissions.
+    Temporaries of `path` left by a killed run are removed first. The file is created with
+    `open` (not `mkstemp`) so that it gets the usual permissions.
     """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist")
     name, suffix = os.path.splitext(os.path.basename(path))
+    stale = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.tmp{re.escape(suffix)}")
+    for entry in os.listdir(folder):
+        if stale.fullmatch(entry):
+            os.remove(os.path.join(folder, entry))
     temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp{suffix}")
     with open(temp, "xb"):
         return temp

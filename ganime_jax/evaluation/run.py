@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from ganime_jax import conditioning, generation, sample
+from ganime_jax import conditioning, generation, sample, writable
 from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import baselines, report, scoring
@@ -255,6 +255,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         raise UserError(f"--mode=eval needs a stage-2 (gpt) config, got stage "
                         f"{config.get('stage')!r}; pass e.g. --config=configs/gpt_demo.py.")
     settings = settings_from_config(config)
+    output_dir = config.evaluate.output_dir or pathlib.Path(workdir) / OUTPUT_SUBDIR
+    writable.check_folder(output_dir, "the eval output folder (config.evaluate.output_dir)")
     truth = heldout_truth(config, settings)
     generator = sample.load_generator(config, workdir)
     if truth.shape[2:] != tuple(generator.tokenizer.frame_shape):
@@ -279,7 +281,6 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         "config": json.loads(config.to_json()),
     }
-    output_dir = config.evaluate.output_dir or pathlib.Path(workdir) / OUTPUT_SUBDIR
     paths = report.write_report(results, output_dir)
     print(report.markdown_table(results), flush=True)
     for path in paths.values():

@@ -6,8 +6,10 @@ a resumed run sees exactly the batches an uninterrupted run would have seen) and
 Orbax writes each step under a temporary name and renames it when complete, so a run killed at
 any moment leaves only whole checkpoints behind.
 """
+import contextlib
 import json
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,6 +22,10 @@ STATE_ITEM = "state"
 DATA_ITEM = "data"
 CONFIG_ITEM = "config"
 CONFIG_FILENAME = "config.json"
+
+# What Orbax and TensorStore raise on a truncated, missing or garbled checkpoint file.
+DAMAGE_ERRORS = (ValueError, OSError, KeyError)
+DAMAGE_DETAIL_CHARS = 200  # of the underlying error, in the one-line message
 
 # Config sections that fix the shape of the saved state: resuming with others is an error.
 ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
@@ -50,6 +56,35 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: byte
     }), force=force)
 
 
+def _damage(error: BaseException) -> BaseException | None:
+    """The DAMAGE_ERRORS in `error`'s chain of causes: Orbax re-raises a failed read of an
+    array as a bare Exception whose cause is TensorStore's ValueError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DAMAGE_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
+@contextlib.contextmanager
+def reading(manager: ocp.CheckpointManager, step: int) -> Iterator[None]:
+    """Wrap reads of checkpoint `step`: a damaged checkpoint becomes one line naming it."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 (narrowed by _damage; anything else re-raised)
+        damage = None if isinstance(error, UserError) else _damage(error)
+        if damage is None:
+            raise
+        detail = (str(damage).strip().splitlines() or [""])[0][:DAMAGE_DETAIL_CHARS]
+        raise UserError(
+            f"the checkpoint {pathlib.Path(manager.directory) / str(step)} is damaged or "
+            f"unreadable ({type(damage).__name__}: {detail}); restore it from a copy, export "
+            "the bundle again, or delete that step's folder to use an earlier checkpoint."
+        ) from None
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    config: ml_collections.ConfigDict) -> tuple[Any, bytes | None, int] | None:
     """Restores the newest checkpoint into `abstract_state`'s shapes and shardings.
@@ -59,13 +94,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     step = manager.latest_step()
     if step is None:
         return None
-    saved_config = manager.restore(step, args=ocp.args.Composite(
-        **{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+    with reading(manager, step):
+        saved_config = manager.restore(step, args=ocp.args.Composite(
+            **{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
     check_same_architecture(saved_config, config.to_dict(), manager.directory)
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-        DATA_ITEM: ocp.args.JsonRestore(),
-    }))
+    with reading(manager, step):
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+            DATA_ITEM: ocp.args.JsonRestore(),
+        }))
     iterator = restored[DATA_ITEM]["iterator"]
     return restored[STATE_ITEM], (iterator.encode() if iterator is not None else None), step
 
@@ -114,8 +151,9 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
         step = manager.latest_step()
         if step is None:
             raise UserError(f"{directory} holds no complete checkpoint; train the run first.")
-        saved = manager.restore(step, args=ocp.args.Composite(**{
-            CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+        with reading(manager, step):
+            saved = manager.restore(step, args=ocp.args.Composite(**{
+                CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
     finally:
         manager.close()
     return ml_collections.ConfigDict(saved)

@@ -129,8 +129,9 @@ def load_tokenizer(workdir: str | pathlib.Path, mesh: Mesh | None = None) -> Tok
         if step is None:
             raise UserError(f"{directory} holds no complete checkpoint; "
                             + TRAIN_HINT.format(workdir))
-        config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(**{
-            checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM])
+        with checkpointing.reading(manager, step):
+            config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
+                **{checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM])
         if config.get("stage") != "vqgan":
             raise UserError(f"the checkpoint in {workdir} is of stage {config.get('stage')!r}, "
                             "not a VQ-GAN; give the workdir of a stage-1 (vqgan) run.")
@@ -151,8 +152,9 @@ def _restore_params(manager: ocp.CheckpointManager, step: int, model: VQGAN,
     restore_args = jax.tree.map(
         lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
         abstract)
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
-            item={GEN_PARAMS: abstract}, restore_args={GEN_PARAMS: restore_args},
-            partial_restore=True)}))
+    with checkpointing.reading(manager, step):
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
+                item={GEN_PARAMS: abstract}, restore_args={GEN_PARAMS: restore_args},
+                partial_restore=True)}))
     return restored[checkpointing.STATE_ITEM][GEN_PARAMS]
