@@ -5,7 +5,8 @@ demo models shipped in ganime_jax/assets/demo (or the bundle that --bundle names
 bundle's example frames (or --first/--last), written under workdirs/<bundle name>_sample/.
 `python main.py --mode=eval [--bundle=DIR] [--config.evaluate.num_clips=N]` evaluates a bundle
 the same way (the embedded test clips are built if missing), written under
-workdirs/<bundle name>_eval/.
+workdirs/<bundle name>_eval/. `python main.py --mode=demo [--port=N]` serves a web page that
+generates in-betweens of uploaded frames, on 127.0.0.1 only.
 
 Errors caused by the user's input (paths, configs, data) are printed as one line and exit 2.
 """
@@ -15,8 +16,9 @@ import sys
 from absl import app, flags, logging
 
 DEFAULT_CONFIG = "configs/vqgan_demo.py"
-MODES = ("train", "sample", "eval")
-BUNDLE_MODES = ("sample", "eval")  # modes that run a bundle when neither --config nor --workdir
+MODES = ("train", "sample", "eval", "demo")
+# modes that run a bundle when neither --config nor --workdir
+BUNDLE_MODES = ("sample", "eval", "demo")
 
 
 def _take_bundle_overrides(argv: list[str]) -> list[str]:
@@ -60,10 +62,12 @@ _FIRST = flags.DEFINE_string("first", None, "sample: image file of the first fra
 _LAST = flags.DEFINE_string("last", None, "sample: image file of the last frame.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames of the generated clip, "
                                    "first and last included (default: config.sample.num_frames).")
-_BUNDLE = flags.DEFINE_string("bundle", None, "sample, eval: the inference bundle (from "
+_BUNDLE = flags.DEFINE_string("bundle", None, "sample, eval, demo: the inference bundle (from "
                                "`python -m ganime_jax.export`) used when neither --config nor "
                                "--workdir is given; default: the shipped demo, "
                                "ganime_jax/assets/demo.")
+_PORT = flags.DEFINE_integer("port", None, "demo: the port on 127.0.0.1 to serve the page on "
+                             "(default 7860).")
 _OUTPUT = flags.DEFINE_string("output", None, "sample: path of the MP4 to write (a GIF goes "
                               "beside it); default: <output_dir or workdir/samples>/*.mp4.")
 
@@ -83,7 +87,7 @@ def main(argv: list[str]) -> None:
                               bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value,
                               bundle_overrides=_BUNDLE_OVERRIDES)
         cli.run_mode(_MODE.value, run.config, run.workdir, first=run.first, last=run.last,
-                     num_frames=_NUM_FRAMES.value, output=_OUTPUT.value)
+                     num_frames=_NUM_FRAMES.value, output=_OUTPUT.value, port=_PORT.value)
     except UserError as error:
         logging.flush()
         cli.fail(str(error))

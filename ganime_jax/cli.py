@@ -91,11 +91,11 @@ def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir:
     Otherwise `--config` (default: main.py's) is loaded and the workdir defaults to
     workdirs/<config file name>.
     """
-    if mode in ("sample", "eval") and not config_flag.present and workdir is None:
+    if mode in ("sample", "eval", "demo") and not config_flag.present and workdir is None:
         from ganime_jax import bundle
         overrides = list(bundle_overrides) + [f"--config.{name}"
                                               for name in config_flag.override_values]
-        if mode == "sample":
+        if mode in ("sample", "demo"):
             if overrides:
                 raise UserError(f"{overrides[0].split('=')[0]} needs --config=FILE: the config of "
                                 "a bundle takes no overrides when sampling; pass --config and "
@@ -107,20 +107,28 @@ def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir:
         run = bundle.load_eval_run(bundle_dir or bundle.DEMO_BUNDLE, overrides)
         return Run(run.config, str(run.workdir), first, last)
     if bundle_dir is not None:
-        raise UserError("--bundle only applies to --mode=sample and --mode=eval without "
+        raise UserError("--bundle only applies to --mode=sample, eval and demo without "
                         "--config and --workdir.")
     filename = config_flag.config_filename
     config = load_config(config_flag, filename)
     return Run(config, workdir or default_workdir(filename), first, last)
 
 
+# The flags only some modes read, and those modes.
+MODE_FLAGS = {"first": ("sample", "demo"), "last": ("sample", "demo"), "num_frames": ("sample",),
+              "output": ("sample",), "port": ("demo",)}
+
+
 def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
-             **sample_flags: Any) -> None:
-    """Runs `mode`; `sample_flags` (first, last, num_frames, output; None = not given) are
-    the flags only --mode=sample reads."""
-    given = sorted(name for name, value in sample_flags.items() if value is not None)
-    if given and mode != "sample":
-        raise UserError(f"--{given[0]} only applies to --mode=sample.")
+             **mode_flags: Any) -> None:
+    """Runs `mode`; `mode_flags` (first, last, num_frames, output, port; None = not given) are
+    the flags that only the modes of MODE_FLAGS read."""
+    for name in sorted(name for name, value in mode_flags.items() if value is not None):
+        if mode not in MODE_FLAGS[name]:
+            raise UserError(f"--{name} only applies to "
+                            + " and ".join(f"--mode={m}" for m in MODE_FLAGS[name]) + ".")
+    sample_flags = {name: mode_flags.get(name) for name in ("first", "last", "num_frames",
+                                                            "output")}
     if mode == "train":
         writable.check_folder(workdir, "--workdir")
         from ganime_jax.train import entry
@@ -134,7 +142,15 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
         from ganime_jax.evaluation import run
         run.run_eval(config, workdir)
         return
-    raise UserError(f"--mode={mode} is unknown; use --mode=train, --mode=sample or --mode=eval.")
+    if mode == "demo":
+        from ganime_jax import web_demo
+        first, last = mode_flags.get("first"), mode_flags.get("last")
+        if (first is None) != (last is None):
+            raise UserError("give both --first and --last (the example pair), or neither.")
+        web_demo.serve(config, workdir, port=mode_flags.get("port"),
+                       example=(first, last) if first is not None else None)
+        return
+    raise UserError(f"--mode={mode} is unknown; use --mode=train, sample, eval or demo.")
 
 
 def fail(message: str) -> None:
