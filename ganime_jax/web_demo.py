@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import pathlib
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -148,12 +149,22 @@ def build_page(inbetweener: InBetweener, config: Any, example: tuple[str, str] |
     return page
 
 
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            raise UserError(f"cannot serve on {HOST}:{port} ({error.strerror}); pass a free "
+                            "--port.") from None
+
+
 def serve(config: Any, workdir: str | pathlib.Path, *, port: int | None = None,
           example: tuple[str, str] | None = None, block: bool = True) -> Any:
     """Loads the models, then serves the page on HOST:`port`; returns the Gradio app."""
     port = DEFAULT_PORT if port is None else port
     if not 0 < port < 65536:
         raise UserError(f"--port={port} is not a TCP port; use 1..65535 (default {DEFAULT_PORT}).")
+    _check_port_free(port)  # before loading the models
     generator = sample.load_generator(config, workdir)
     output_dir = tempfile.mkdtemp(prefix="ganime_demo_")
     atexit.register(shutil.rmtree, output_dir, ignore_errors=True)

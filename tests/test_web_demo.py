@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganime_jax import bundle, sample, web_demo
+from ganime_jax import bundle, cli, sample, web_demo
 from ganime_jax.data import video_io
 from ganime_jax.errors import UserError
 
@@ -180,3 +180,18 @@ def test_two_requests_at_once_both_complete(server, demo_run):
         assert status.startswith(web_demo.OK_PREFIX), status
         assert len(list(video_io.read_video(video["video"] if isinstance(video, dict)
                                             else video))) == NUM_FRAMES
+
+
+def test_a_busy_port_and_mode_flags_are_one_line_errors(demo_run):
+    with socket.socket() as taken:
+        taken.bind((web_demo.HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot serve on 127.0.0.1:{port} .*free --port"):
+            web_demo.serve(demo_run.config, demo_run.workdir, port=port, block=False)
+    with pytest.raises(UserError, match="--port=0 is not a TCP port"):
+        web_demo.serve(demo_run.config, demo_run.workdir, port=0, block=False)
+    with pytest.raises(UserError, match="--port only applies to --mode=demo"):
+        cli.run_mode("sample", demo_run.config, str(demo_run.workdir), port=8000)
+    with pytest.raises(UserError, match="--output only applies to --mode=sample"):
+        cli.run_mode("demo", demo_run.config, str(demo_run.workdir), output="a.mp4")
