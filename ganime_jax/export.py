@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import flags, logging
 from PIL import Image
 
@@ -36,21 +35,6 @@ from ganime_jax.train import checkpointing
 from ganime_jax.train.tokenizer import GEN_PARAMS
 
 MANIFEST_FORMAT = 1
-
-
-def _write_workdir(workdir: pathlib.Path, step: int, state: dict,
-                   config: ml_collections.ConfigDict) -> None:
-    """One checkpoint holding `state` and `config` (no data item), plus config.json."""
-    manager = ocp.CheckpointManager(
-        checkpointing.checkpoint_dir(workdir),
-        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
-        item_names=(checkpointing.STATE_ITEM, checkpointing.CONFIG_ITEM))
-    manager.save(step, args=ocp.args.Composite(**{
-        checkpointing.STATE_ITEM: ocp.args.StandardSave(state),
-        checkpointing.CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}), force=True)
-    manager.wait_until_finished()
-    manager.close()
-    checkpointing.write_config(workdir, config)
 
 
 def _example_clip(config: ml_collections.ConfigDict, index: int) -> np.ndarray:
@@ -129,10 +113,10 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
 
     bundled = ml_collections.ConfigDict(config.to_dict())
     bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
-    _write_workdir(staging / bundle.VQGAN_DIR, tokenizer.step, {GEN_PARAMS: tokenizer.params},
-                   tokenizer.config)
-    _write_workdir(staging / bundle.GPT_DIR, generator.step,
-                   {sample.PARAMS_FIELD: generator.params}, bundled)
+    checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
+                                          {GEN_PARAMS: tokenizer.params}, tokenizer.config)
+    checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,
+                                          {sample.PARAMS_FIELD: generator.params}, bundled)
     Image.fromarray(clip[0]).save(staging / bundle.FIRST_FRAME)
     Image.fromarray(clip[-1]).save(staging / bundle.LAST_FRAME)
 

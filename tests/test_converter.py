@@ -1,5 +1,10 @@
 """taming/TorchGANime checkpoint conversion: round trip, numerical equality with a PyTorch
 model that has taming's layer names and structure, and checkpoint-file errors."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +17,7 @@ from ganime_jax.convert.taming import (convert_taming_state_dict, load_taming_ch
 from ganime_jax.errors import UserError
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
+from ganime_jax.train.tokenizer import load_tokenizer
 
 TINY = dict(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
             attention_resolutions=(8,), resolution=32, z_channels=16, embedding_dim=8,
@@ -250,6 +256,32 @@ def test_converted_weights_reproduce_the_pytorch_model(torch_model, state_dict, 
     np.testing.assert_allclose(logits, logits_t.permute(0, 2, 3, 1).numpy(), atol=1e-4)
 
 
+TORCHGANIME_EPS = 6.1e-5  # the port's Normalize(); taming's is EPS (1e-6)
+
+
+@pytest.mark.parametrize("eps", [EPS, TORCHGANIME_EPS], ids=["taming", "torchganime"])
+def test_each_originals_norm_epsilon_converts_exactly(eps, torch_model, state_dict):
+    """Flat frames (as anime backgrounds are) leave groups of near-zero variance, where the
+    epsilon decides the output: converting with another epsilon is visibly wrong."""
+    model = copy.deepcopy(torch_model)
+    for module in model.modules():
+        if isinstance(module, nn.GroupNorm):
+            module.eps = eps
+    frames = np.zeros(FRAME_SHAPE, np.float32)
+    frames[:, :, :16] = np.random.default_rng(1).uniform(-1, 1, (3,)).astype(np.float32)
+    frames[1, 4:12, 20:28] = 0.5
+    with torch.no_grad():
+        recon_t, indices_t = model(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    recon_t = recon_t.permute(0, 2, 3, 1).numpy()
+    params = {"params": convert_taming_state_dict(state_dict).vqgan_params}
+    recon, aux = jax.jit(VQGAN(**TINY, norm_eps=eps).apply)(params, frames)
+    np.testing.assert_array_equal(aux["indices"], indices_t.numpy())
+    np.testing.assert_allclose(recon, recon_t, atol=1e-4)
+    other = TORCHGANIME_EPS if eps == EPS else EPS
+    wrong, _ = jax.jit(VQGAN(**TINY, norm_eps=other).apply)(params, frames)
+    assert np.abs(np.asarray(wrong) - recon_t).max() > 10 * 1e-4  # beyond the tolerance
+
+
 @pytest.mark.parametrize("kind", ["safetensors", "lightning_ckpt"])
 def test_load_checkpoint_files(kind, torch_model, state_dict, tmp_path):
     if kind == "safetensors":
@@ -305,3 +337,54 @@ def test_unreadable_files_are_user_errors(tmp_path):
     wrong.write_bytes(b"")
     with pytest.raises(UserError, match="unknown checkpoint format"):
         load_taming_checkpoint(str(wrong), VQGAN(**TINY))
+
+
+TINY_CONFIG = """from configs import vqgan_kny
+
+
+def get_config():
+    config = vqgan_kny.get_config()
+    config.data.update(height=16, width=32)
+    config.model.update(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                        attention_resolutions=(8,), z_channels=16, embedding_dim=8,
+                        num_embeddings=32, norm_groups=4, norm_eps={eps}, output_tanh=False)
+    return config
+"""
+
+
+def test_the_command_line_writes_a_workdir_the_tokenizer_loads(torch_model, frames, tmp_path):
+    from safetensors.torch import save_file
+    model = copy.deepcopy(torch_model)
+    for module in model.modules():
+        if isinstance(module, nn.GroupNorm):
+            module.eps = TORCHGANIME_EPS
+    checkpoint = tmp_path / "vqgan.safetensors"
+    save_file(dict(model.state_dict()), str(checkpoint))
+    config = tmp_path / "tiny_torchganime.py"
+    config.write_text(TINY_CONFIG.format(eps=TORCHGANIME_EPS))
+    out = tmp_path / "converted"
+
+    def convert(*args):
+        command = [sys.executable, "-m", "ganime_jax.convert", f"--checkpoint={checkpoint}",
+                   f"--config={config}", f"--out={out}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+
+    done = convert("--from=torchganime")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"converted {checkpoint} (torchganime) -> {out}: decoder ")
+    assert "encoder 72 tensors" in done.stdout
+    assert "32 codes, frames (16, 32, 3) -> 32 tokens" in done.stdout
+    tokenizer = load_tokenizer(out)
+    pixels = np.round((frames + 1) * 127.5).astype(np.uint8)  # the tokenizer takes uint8
+    with torch.no_grad():
+        unit = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+        _, indices_t = model(unit)
+    np.testing.assert_array_equal(np.asarray(tokenizer.encode(pixels)).reshape(indices_t.shape),
+                                  indices_t.numpy())
+    for args, message in [(("--from=torchganime",), f"error: {out} already exists"),
+                          (("--from=taming", "--overwrite"), "error: taming checkpoints need "
+                           "model.norm_eps=1e-06, the config says 6.1e-05")]:
+        failed = convert(*args)
+        assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith(
+            message), failed.stderr[-2000:]

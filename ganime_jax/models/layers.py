@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from ganime_jax.errors import UserError
 
-GROUP_NORM_EPS = 1e-6  # taming's Normalize()
+GROUP_NORM_EPS = 1e-6  # taming's Normalize() (and GANime's); configs set `model.norm_eps`
 
 # PyTorch's default Conv2d/Linear kernel init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -86,12 +86,13 @@ class ResnetBlock(nn.Module):
     dropout: float = 0.0
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    norm_eps: float = GROUP_NORM_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x))
+        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm1")(x))
         h = conv(self.out_channels, 3, "conv1", self.dtype, self.param_dtype)(h)
-        h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h))
+        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm2")(h))
         if self.dropout > 0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(self.out_channels, 3, "conv2", self.dtype, self.param_dtype)(h)
@@ -108,6 +109,7 @@ class AttnBlock(nn.Module):
     num_groups: int
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    norm_eps: float = GROUP_NORM_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -117,7 +119,7 @@ class AttnBlock(nn.Module):
             return nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype,
                             kernel_init=TORCH_KERNEL_INIT, name=name)(h)
 
-        h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+        h = GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm")(x)
         h = h.reshape(batch, height * width, channels)
         q, k, v = project("q", h), project("k", h), project("v", h)
         scores = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)

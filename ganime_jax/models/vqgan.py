@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.layers import (AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
-                                      canonical_dtype, conv)
+from ganime_jax.models.layers import (GROUP_NORM_EPS, AttnBlock, Downsample, GroupNorm,
+                                      ResnetBlock, Upsample, canonical_dtype, conv)
 from ganime_jax.models.quantizer import VectorQuantizer, codebook_stats
 
 OUTPUT_LAYER = ("decoder", "conv_out")  # params path of the layer taming's adaptive weight uses
@@ -34,11 +34,12 @@ class MidBlock(nn.Module):
     dropout: float
     dtype: Any
     param_dtype: Any
+    norm_eps: float = GROUP_NORM_EPS
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool) -> jax.Array:
         channels = h.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, norm_eps=self.norm_eps)
         h = ResnetBlock(channels, self.num_groups, self.dropout, name="block_1", **kw)(h, train)
         h = AttnBlock(self.num_groups, name="attn_1", **kw)(h)
         return ResnetBlock(channels, self.num_groups, self.dropout, name="block_2", **kw)(h, train)
@@ -55,15 +56,17 @@ class Level(nn.Module):
     dropout: float
     dtype: Any
     param_dtype: Any
+    norm_eps: float = GROUP_NORM_EPS
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = dict(kw, norm_eps=self.norm_eps)
         for i in range(self.num_blocks):
             h = ResnetBlock(self.out_channels, self.num_groups, self.dropout, name=f"block_{i}",
-                            **kw)(h, train)
+                            **norm)(h, train)
             if self.attention:
-                h = AttnBlock(self.num_groups, name=f"attn_{i}", **kw)(h)
+                h = AttnBlock(self.num_groups, name=f"attn_{i}", **norm)(h)
         if self.resample == "downsample":
             h = Downsample(self.out_channels, name="downsample", **kw)(h)
         elif self.resample == "upsample":
@@ -98,6 +101,7 @@ class Encoder(nn.Module):
     dtype: Any
     param_dtype: Any
     patch_size: int = 1
+    norm_eps: float = GROUP_NORM_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -111,10 +115,12 @@ class Encoder(nn.Module):
             last = i == num_levels - 1
             h = Level(self.channels * mult, self.num_res_blocks,
                       current in self.attention_resolutions, "" if last else "downsample",
-                      self.num_groups, self.dropout, name=f"down_{i}", **kw)(h, train)
+                      self.num_groups, self.dropout, name=f"down_{i}", norm_eps=self.norm_eps,
+                      **kw)(h, train)
             current = current if last else current // 2
-        h = MidBlock(self.num_groups, self.dropout, name="mid", **kw)(h, train)
-        h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+        h = MidBlock(self.num_groups, self.dropout, name="mid", norm_eps=self.norm_eps,
+                     **kw)(h, train)
+        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm_out")(h))
         return conv(self.z_channels, 3, "conv_out", **kw)(h)
 
 
@@ -131,13 +137,14 @@ class Decoder(nn.Module):
     dtype: Any
     param_dtype: Any
     patch_size: int = 1
+    norm_eps: float = GROUP_NORM_EPS
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         mults = tuple(self.channel_multipliers)
         num_levels = len(mults)
         self.conv_in = conv(self.channels * mults[-1], 3, None, **kw)
-        self.mid = MidBlock(self.num_groups, self.dropout, **kw)
+        self.mid = MidBlock(self.num_groups, self.dropout, norm_eps=self.norm_eps, **kw)
         # `up` is indexed by level (0 = full resolution) like taming's decoder.up; it runs
         # from the last level to the first.
         levels = []
@@ -145,10 +152,11 @@ class Decoder(nn.Module):
         for i in reversed(range(num_levels)):
             levels.append(Level(self.channels * mults[i], self.num_res_blocks + 1,
                                 current in self.attention_resolutions,
-                                "upsample" if i else "", self.num_groups, self.dropout, **kw))
+                                "upsample" if i else "", self.num_groups, self.dropout,
+                                norm_eps=self.norm_eps, **kw))
             current = current * 2 if i else current
         self.up = levels[::-1]
-        self.norm_out = GroupNorm(self.num_groups, dtype=self.dtype)
+        self.norm_out = GroupNorm(self.num_groups, self.norm_eps, self.dtype)
         self.conv_out = conv(self.out_channels * self.patch_size ** 2, 3, None, **kw)
 
     def __call__(self, z: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -174,7 +182,8 @@ class VQGAN(nn.Module):
     (decoder levels have one more). attention_resolutions, resolution: see the module docstring.
     z_channels: encoder output / decoder input width. num_embeddings x embedding_dim: codebook.
     beta, legacy_loss, l2_normalize_codes, lookup_dim: see `quantizer`. norm_groups: GroupNorm
-    groups (taming: 32). output_tanh: squash the decoder output into [-1, 1] (both GANime
+    groups (taming: 32). norm_eps: GroupNorm epsilon (taming and GANime: 1e-6; TorchGANime's
+    `Normalize` uses 6.1e-5). output_tanh: squash the decoder output into [-1, 1] (both GANime
     implementations do; taming does not). patch_size: > 1 folds each p x p pixel patch into
     channels before the encoder's first conv and unfolds the decoder's last conv (a pixel
     shuffle), so no layer runs at full resolution; the token grid is then (H, W) /
@@ -197,6 +206,7 @@ class VQGAN(nn.Module):
     l2_normalize_codes: bool = False
     lookup_dim: int = 0
     norm_groups: int = 32
+    norm_eps: float = GROUP_NORM_EPS
     output_tanh: bool = True
     patch_size: int = 1
     dtype: Any = "float32"
@@ -211,7 +221,7 @@ class VQGAN(nn.Module):
                       attention_resolutions=tuple(self.attention_resolutions),
                       resolution=self.resolution, dropout=self.dropout,
                       num_groups=self.norm_groups, dtype=compute, param_dtype=params,
-                      patch_size=self.patch_size)
+                      patch_size=self.patch_size, norm_eps=self.norm_eps)
         self.encoder = Encoder(z_channels=self.z_channels, **shared)
         self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
         self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,

@@ -29,6 +29,9 @@ DAMAGE_DETAIL_CHARS = 200  # of the underlying error, in the one-line message
 
 # Config sections that fix the shape of the saved state: resuming with others is an error.
 ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
+# Architecture fields added after checkpoints had been written, with the value those older
+# checkpoints (whose saved configs lack the field) were trained with.
+LATER_FIELDS = {"model.patch_size": 1, "model.norm_eps": 1e-6}
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -107,15 +110,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     return restored[STATE_ITEM], (iterator.encode() if iterator is not None else None), step
 
 
+def write_params_checkpoint(workdir: str | pathlib.Path, step: int, state: dict,
+                            config: ml_collections.ConfigDict) -> None:
+    """A workdir for inference: one checkpoint holding `state` (parameters only) and `config`,
+    no data item, plus config.json. The loaders of sampling and tokenizing read it as they
+    read a training run's."""
+    manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+        item_names=(STATE_ITEM, CONFIG_ITEM))
+    manager.save(step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state),
+        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    write_config(workdir, config)
+
+
 def check_same_architecture(saved: dict, current: dict, where: Any) -> None:
     """Raises a one-line error naming the first architecture field that differs."""
     for section in ARCHITECTURE_SECTIONS:
         old, new = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(old) | set(new)):
-            if _normalise(old.get(key)) != _normalise(new.get(key)):
+            before = old.get(key, LATER_FIELDS.get(f"{section}.{key}"))
+            if _normalise(before) != _normalise(new.get(key)):
                 raise UserError(
                     f"the checkpoint in {where} was trained with {section}.{key}="
-                    f"{old.get(key)!r} but the config says {new.get(key)!r}; use another "
+                    f"{before!r} but the config says {new.get(key)!r}; use another "
                     "--workdir or the config the checkpoint was trained with.")
 
 
