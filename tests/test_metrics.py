@@ -351,3 +351,17 @@ def test_lpips_grows_with_noise_and_blur(frame_pairs, lpips_params):
     assert abs(run(clean).mean()) < 1e-6
     assert by_noise[0] > 0 and np.all(np.diff(by_noise) > 0), by_noise
     assert by_blur[0] > 0 and np.all(np.diff(by_blur) > 0), by_blur
+
+
+@pytest.mark.parametrize("shape,taps", [((2, 9, 16, 12, 3), (7, 7, 7)),
+                                        ((1, 8, 11, 10, 2), (3, 5, 4))])
+def test_stride2_conv_by_space_to_depth_equals_the_strided_conv(shape, taps):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((*taps, shape[-1], 6)), jnp.float32)
+    direct = jax.lax.conv_general_dilated(x, kernel, (2, 2, 2), "SAME",
+                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                          precision=jax.lax.Precision.HIGHEST)
+    folded = i3d.stride2_conv_by_space_to_depth(x, kernel)
+    assert folded.shape == direct.shape
+    np.testing.assert_allclose(folded, direct, rtol=1e-5, atol=1e-4)

@@ -135,9 +135,41 @@ def load_i3d_params() -> I3dParams:
         raise UserError(f"unexpected layout of the I3D weights ({e!r}): {_INSTALL_HINT}") from e
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF SAME padding (before, after) of one axis."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def stride2_conv_by_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-2 SAME conv (NDHWC x DHWIO) computed as a stride-1 VALID conv over 2x2x2
+    blocks folded into channels, with the kernel zero-padded to even size and folded alike.
+
+    The sums are the same; I3D's stem (7x7x7 on 3 channels) then runs on 24 channels, which
+    XLA:CPU does about 1.6x faster (`bench/bench_metrics.py --i3d-stem`).
+    """
+    sizes, taps = x.shape[1:4], kernel.shape[:3]
+    pads = [_same_padding(n, k, 2) for n, k in zip(sizes, taps)]
+    pads = [(before, after + (n + before + after) % 2) for (before, after), n in zip(pads, sizes)]
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    batch, t, h, w, channels = x.shape
+    x = x.reshape(batch, t // 2, 2, h // 2, 2, w // 2, 2, channels)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, t // 2, h // 2, w // 2, 8 * channels)
+    kernel = jnp.pad(kernel, [(0, k % 2) for k in taps] + [(0, 0), (0, 0)])
+    kt, kh, kw = (k // 2 for k in kernel.shape[:3])
+    kernel = kernel.reshape(kt, 2, kh, 2, kw, 2, channels, -1).transpose(0, 2, 4, 1, 3, 5, 6, 7)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.reshape(kt, kh, kw, 8 * channels, -1), window_strides=(1, 1, 1),
+        padding="VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=_PRECISION)
+    out = [-(-n // 2) for n in sizes]
+    return y[:, :out[0], :out[1], :out[2]]
+
+
 def _conv(x: jax.Array, unit: dict[str, jax.Array], stride: tuple[int, int, int]) -> jax.Array:
     if unit["kernel"].ndim == 2:  # 1x1x1 (always stride 1 in I3D)
         y = jnp.dot(x, unit["kernel"], precision=_PRECISION)
+    elif stride == (2, 2, 2):  # the stem
+        y = stride2_conv_by_space_to_depth(x, unit["kernel"])
     else:
         y = jax.lax.conv_general_dilated(
             x, unit["kernel"], window_strides=stride, padding="SAME",
