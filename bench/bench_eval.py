@@ -81,7 +81,7 @@ def main() -> None:
         truth = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
 
     warm_up = dataclasses.replace(settings, seeds=settings.seeds[:1])
-    run.evaluate(generator, truth, warm_up)
+    run.evaluate(generator.tokenizer, generator, truth, warm_up)
     scale = EVAL_CLIPS / len(truth)
     passes = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -91,7 +91,7 @@ def main() -> None:
         retrained = dataclasses.replace(
             generator, params=jax.tree.map(lambda p: p * 1.01, generator.params))
         for name, model in (("cold", generator), ("new_model", retrained)):
-            runs, timings = run.evaluate(model, truth, settings, cache)
+            runs, timings = run.evaluate(model.tokenizer, model, truth, settings, cache)
             per_100 = {stage: round(seconds * scale, 1) for stage, seconds in timings.items()}
             per_100["total"] = round(sum(timings.values()) * scale, 1)
             passes[name] = {"measured_s": {k: round(v, 2) for k, v in timings.items()},

@@ -116,6 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.num_clips = 256  # the first held-out clips with at least num_frames frames
     config.evaluate.num_frames = 20
+    # Rows of the table; without "model" no GPT checkpoint is read: a tokenizer evaluated alone.
+    config.evaluate.methods = ("model", "reconstruction", "cross_fade", "hold")
     config.evaluate.seeds = (0, 1, 2, 3, 4)  # the original reported 5 runs; greedy runs once
     config.evaluate.batch_size = 16  # clips per generation call
     # "" = config.sample.method; temperature, top_k and top_p always come from config.sample.

@@ -302,3 +302,22 @@ def test_main_py_eval_end_to_end_greedy_runs_once(setup):
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1].startswith(
         f"error: no GPT checkpoint in {root / 'nothing'}; train it")
+
+
+def test_a_tokenizer_alone_needs_no_gpt_checkpoint(sampled, setup, tmp_path):
+    """Without "model" in config.evaluate.methods: the baselines only, from the cache."""
+    config = _config(setup, "tokenizer_only", fvd=True,
+                     methods=("hold", "reconstruction", "cross_fade"))
+    results = run.run_eval(config, str(tmp_path / "no_gpt_run"))
+    assert list(results["methods"]) == METHODS[1:]  # table order, whatever the config's order
+    assert results["checkpoint_step"] is None and results["seeds_run"] == []
+    for name in METHODS[1:]:
+        assert results["methods"][name]["runs"] == sampled["results"]["methods"][name]["runs"]
+    table = (setup["root"] / "tokenizer_only" / report.TABLE_NAME).read_text(encoding="utf-8")
+    assert "no model: config.evaluate.methods selects reconstruction, cross_fade, hold only." in (
+        table)
+    for methods, message in [((), "config.evaluate.methods=\\(\\)"),
+                             (("model", "blur"), "'blur'.*give distinct names"),
+                             (("hold", "hold"), "give distinct names")]:
+        with pytest.raises(UserError, match=message):
+            run.run_eval(_config(setup, "errors", methods=methods), setup["workdir"])

@@ -28,6 +28,7 @@ from ganime_jax.evaluation import baselines, report, scoring
 from ganime_jax.evaluation.set_cache import I3D_OPTIONS, SetCache
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d
+from ganime_jax.train.tokenizer import load_tokenizer
 
 OUTPUT_SUBDIR = "eval"  # under the workdir when config.evaluate.output_dir is ""
 CACHE_SUBDIR = "eval_cache"  # under data_root when feature_cache_dir is ""
@@ -35,6 +36,9 @@ MODEL = "model"
 # The deterministic methods, made once each, in table order after the model.
 BASELINE_LABELS = {"reconstruction": "VQ-GAN reconstruction (ceiling)",
                    "cross_fade": "cross-fade", "hold": "hold first, then last"}
+# Everything, in table order: what `config.evaluate.methods` selects from (and the default of
+# configs written before that field existed).
+ALL_METHODS = (MODEL, *BASELINE_LABELS)
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
@@ -42,6 +46,7 @@ class EvalSettings:
 
     num_clips: int
     num_frames: int
+    methods: tuple[str, ...]  # of ALL_METHODS, in table order
     seeds: tuple[int, ...]
     batch_size: int  # clips per generation / reconstruction call
     method: str
@@ -55,7 +60,9 @@ class EvalSettings:
 
     @property
     def seeds_run(self) -> tuple[int, ...]:
-        """Greedy decoding ignores the seed: one run stands for all."""
+        """Greedy decoding ignores the seed: one run stands for all. None without the model."""
+        if MODEL not in self.methods:
+            return ()
         return self.seeds[:1] if self.method == "greedy" else self.seeds
 
     def sampling(self) -> dict[str, Any]:
@@ -90,8 +97,15 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
     for name in ("batch_size", "i3d_batch_size", "metrics_batch_size"):
         if section[name] < 1:
             raise UserError(f"config.evaluate.{name} must be at least 1, got {section[name]}.")
+    methods = tuple(section.get("methods", ALL_METHODS))
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if not methods or unknown or len(set(methods)) != len(methods):
+        raise UserError(f"config.evaluate.methods={methods!r}: give distinct names out of "
+                        f"{list(ALL_METHODS)} (leave out {MODEL!r} to evaluate a tokenizer "
+                        "alone).")
     settings = EvalSettings(
-        num_clips=section.num_clips, num_frames=section.num_frames, seeds=seeds,
+        num_clips=section.num_clips, num_frames=section.num_frames,
+        methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
@@ -126,7 +140,7 @@ def generate_set(generator: sample.Generator, truth: np.ndarray, seed: int,
                                   desc=f"generating (seed {seed})")
 
 
-def baseline_set(name: str, generator: sample.Generator, truth: np.ndarray,
+def baseline_set(name: str, tokenizer: generation.FrameTokenizer, truth: np.ndarray,
                  settings: EvalSettings) -> np.ndarray:
     """The clips of baseline `name` (a key of BASELINE_LABELS)."""
     if name == "cross_fade":
@@ -135,34 +149,36 @@ def baseline_set(name: str, generator: sample.Generator, truth: np.ndarray,
         return baselines.hold(truth)
     decode_batch_size = generation.default_decode_batch_size()
     return map_in_batches(
-        lambda _, clips: baselines.vqgan_reconstruction(generator.tokenizer, clips,
+        lambda _, clips: baselines.vqgan_reconstruction(tokenizer, clips,
                                                         decode_batch_size),
         (truth,), settings.batch_size, desc="VQ-GAN reconstruction")
 
 
-def evaluate(generator: sample.Generator, truth: np.ndarray, settings: EvalSettings,
+def evaluate(tokenizer: generation.FrameTokenizer, generator: sample.Generator | None,
+             truth: np.ndarray, settings: EvalSettings,
              cache: SetCache | None = None) -> tuple[dict[str, list], Timings]:
     """({method: [one summary per run]}, timings) for the model and the baselines on `truth`.
 
-    A run's summary is `scoring.summarize`'s, plus "seed" (None for the baselines) and, with
+    The methods are `settings.methods` (`generator` may be None without the model). A run's
+    summary is `scoring.summarize`'s, plus "seed" (None for the baselines) and, with
     `settings.fvd`, "fvd" and "kvd". Every set is made first, then the sets not in `cache`
     (None: no cache) are scored together, so that the true frames go through LPIPS's VGG once.
     """
     timings = Timings()
-    plan = [(name, None) for name in BASELINE_LABELS]
+    plan = [(name, None) for name in BASELINE_LABELS if name in settings.methods]
     plan += [(MODEL, seed) for seed in settings.seeds_run]
     sets = []
     for name, seed in tqdm(plan, desc="making clip sets", unit="set"):
         with timings("generation" if name == MODEL else "baselines"):
             sets.append(generate_set(generator, truth, seed, settings) if name == MODEL
-                        else baseline_set(name, generator, truth, settings))
+                        else baseline_set(name, tokenizer, truth, settings))
     with timings("metrics"):
         scores = _frame_scores(truth, sets, settings, cache)
     distances = [{} for _ in sets]
     if settings.fvd:
         with timings("i3d"):
             distances = _fvd_kvd(truth, sets, settings, cache)
-    runs: dict[str, list] = {MODEL: [], **{name: [] for name in BASELINE_LABELS}}
+    runs: dict[str, list] = {name: [] for name in settings.methods}
     for (name, seed), set_scores, set_distances in zip(plan, scores, distances):
         runs[name].append({"seed": seed, **set_distances, **scoring.summarize(set_scores)})
     return runs, timings
@@ -217,7 +233,7 @@ def _set_cache(config: ml_collections.ConfigDict, truth: np.ndarray,
 
 
 def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips: int,
-           step: int) -> list[str]:
+           step: int | None) -> list[str]:
     data = config.data
     notes = [f"{num_clips} held-out clips of {settings.num_frames} frames (the first long "
              f"enough of {data.dataset}_clips/{data.eval_split}); PSNR, SSIM and LPIPS over "
@@ -225,8 +241,12 @@ def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips:
     if num_clips < settings.num_clips:
         notes.append(f"only {num_clips} of the {settings.num_clips} requested clips are long "
                      "enough.")
-    notes.append(f"model: the step-{step} transformer, {settings.sampling_label()} sampling.")
-    if len(settings.seeds_run) < len(settings.seeds):
+    if MODEL not in settings.methods:
+        notes.append("no model: config.evaluate.methods selects "
+                     f"{', '.join(settings.methods)} only.")
+    else:
+        notes.append(f"model: the step-{step} transformer, {settings.sampling_label()} sampling.")
+    if settings.seeds_run and len(settings.seeds_run) < len(settings.seeds):
         notes.append(f"greedy sampling ignores the seed: seeds {list(settings.seeds)} would give "
                      "identical clips, so the model ran once (no spread).")
     elif len(settings.seeds) > 1:
@@ -250,7 +270,8 @@ def _methods(runs: dict[str, list], settings: EvalSettings) -> dict[str, dict[st
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Evaluates the newest checkpoint in `workdir`, writes the report and returns its results."""
+    """Evaluates the newest checkpoint in `workdir` (not read when `config.evaluate.methods`
+    leaves out the model: a tokenizer alone), writes the report and returns its results."""
     if config.get("stage") != "gpt":
         raise UserError(f"--mode=eval needs a stage-2 (gpt) config, got stage "
                         f"{config.get('stage')!r}; pass e.g. --config=configs/gpt_demo.py.")
@@ -258,17 +279,27 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     output_dir = config.evaluate.output_dir or pathlib.Path(workdir) / OUTPUT_SUBDIR
     writable.check_folder(output_dir, "the eval output folder (config.evaluate.output_dir)")
     truth = heldout_truth(config, settings)
-    generator = sample.load_generator(config, workdir)
-    if truth.shape[2:] != tuple(generator.tokenizer.frame_shape):
+    generator = None
+    if MODEL in settings.methods:
+        generator = sample.load_generator(config, workdir)
+        tokenizer = generator.tokenizer
+    elif not config.tokenizer.workdir:
+        raise UserError("config.tokenizer.workdir is not set; point it at the stage-1 (vqgan) "
+                        "workdir to evaluate.")
+    else:
+        tokenizer = load_tokenizer(config.tokenizer.workdir)
+    if truth.shape[2:] != tuple(tokenizer.frame_shape):
         raise UserError(
             f"the clips of {config.data.dataset}_clips have frames of {truth.shape[2:]} but the "
-            f"tokenizer in {config.tokenizer.workdir} makes {generator.tokenizer.frame_shape}; "
+            f"tokenizer in {config.tokenizer.workdir} makes {tokenizer.frame_shape}; "
             "evaluate on the dataset the model was trained on.")
     start = time.perf_counter()
-    runs, timings = evaluate(generator, truth, settings, _set_cache(config, truth, settings))
+    runs, timings = evaluate(tokenizer, generator, truth, settings,
+                             _set_cache(config, truth, settings))
     timings["total"] = time.perf_counter() - start
+    step = generator.step if generator is not None else None
     results = {
-        "checkpoint_step": generator.step, "tokenizer_step": generator.tokenizer.step,
+        "checkpoint_step": step, "tokenizer_step": tokenizer.step,
         "dataset": config.data.dataset, "split": config.data.eval_split,
         "num_clips": len(truth), "num_clips_requested": settings.num_clips,
         "num_frames": settings.num_frames,
@@ -277,7 +308,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         "sampling": settings.sampling(), "fvd": settings.fvd,
         "psnr_cap_db": scoring.PSNR_CAP_DB, "ssim_gaussian": settings.ssim_gaussian,
         "methods": _methods(runs, settings),
-        "notes": _notes(config, settings, len(truth), generator.step),
+        "notes": _notes(config, settings, len(truth), step),
         "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         "config": json.loads(config.to_json()),
     }
