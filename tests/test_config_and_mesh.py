@@ -60,7 +60,8 @@ def test_warmup_then_cosine_schedule():
 
 
 @pytest.mark.parametrize("name,grid", [("vqgan_kny", (8, 16)), ("vqgan_demo", (8, 16)),
-                                       ("vqgan_tiny", (4, 8)), ("vqgan_moving_mnist", (8, 8))])
+                                       ("vqgan_tiny", (4, 8)), ("vqgan_moving_mnist", (8, 8)),
+                                       ("vqgan_torchganime", (8, 16))])
 def test_stage1_configs_pass_the_check_and_give_their_token_grid(name, grid):
     import importlib
 
@@ -74,3 +75,11 @@ def test_stage1_configs_pass_the_check_and_give_their_token_grid(name, grid):
         lambda x: model.init_with_output(jax.random.key(0), x, method=model.encode)[0][0],
         frames)
     assert indices.shape == (1, *grid)
+
+
+def test_the_torchganime_preset_keeps_its_own_resolution():
+    from configs import vqgan_torchganime
+    config = vqgan_torchganime.get_config()
+    assert (config.model.resolution, config.data.width, config.model.norm_eps) == (256, 128, 6.1e-5)
+    config.data.width = 64  # the frame width no longer drives the attention counter
+    assert config.model.resolution == 256
