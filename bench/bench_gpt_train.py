@@ -5,11 +5,14 @@ token clips, printed as JSON.
     python bench/bench_gpt_train.py --config=kny --clips=1 --frames=8 --remat=nothing_saveable \
         --scan_layers --variants=window:5,sequence:5,sequence:0   # gpt2-medium
 
-Each variant is `layout:n_frames_before` (0 with the sequence layout: the whole history). Steps
+Each variant is `layout:n_frames_before[:frame_tokens]` (k 0 with the sequence layout: the whole
+history; frame_tokens defaults to the config's, e.g. 512 for a 4x-downsampling tokenizer's
+16x32 grid, 128 for the 8x16 grid). Steps
 of the variants are interleaved (one of each in turn), so a noisy machine slows them alike.
 Reports, per variant and phase (teacher forcing; own predictions: the model's own greedy frames
 as context), the median step time, `target_tokens_per_sec` (tokens whose loss is computed:
-clips x (frames - 2) x tokens per frame) and its ratio to the first variant's. Runs on the
+clips x (frames - 2) x tokens per frame) and its ratio to the first variant's, and clips per
+second (what compares variants of different frame sizes). Runs on the
 default device, in float32 unless --dtype says otherwise.
 """
 import argparse
@@ -43,16 +46,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per phase")
     parser.add_argument("--phases", default="teacher,own")
     parser.add_argument("--variants", default="",
-                        help="comma-separated layout:n_frames_before ('' = the config's window "
-                             "k, the sequence layout at that k and with the whole history)")
+                        help="comma-separated layout:n_frames_before[:frame_tokens] ('' = the "
+                             "config's window k, the sequence layout at that k and with the whole "
+                             "history)")
     return parser.parse_args(argv)
 
 
-def variants(args: argparse.Namespace, config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+def variants(args: argparse.Namespace,
+             config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
+    """(layout, n_frames_before, frame_tokens) of each variant."""
+    tokens = config.model.frame_tokens
     if args.variants:
-        return [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
+        specs = [v.split(":") for v in args.variants.split(",")]
+        return [(s[0], int(s[1]), int(s[2]) if len(s) > 2 else tokens) for s in specs]
     k = config.model.n_frames_before
-    return [("window", k), ("sequence", k), ("sequence", WHOLE_HISTORY)]
+    return [("window", k, tokens), ("sequence", k, tokens), ("sequence", WHOLE_HISTORY, tokens)]
 
 
 def bench_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
@@ -67,14 +75,14 @@ def bench_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return config
 
 
-def variant_config(config: ml_collections.ConfigDict, layout: str,
-                   k: int) -> ml_collections.ConfigDict:
+def variant_config(config: ml_collections.ConfigDict, layout: str, k: int,
+                   frame_tokens: int) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.layout = layout
     config.model.n_frames_before = k
-    if layout == "window":
-        config.model.gpt.n_positions = max(config.model.gpt.n_positions,
-                                           (k + 1) * config.model.frame_tokens)
+    config.model.frame_tokens = frame_tokens
+    context = (k + 1) * frame_tokens if layout == "window" else frame_tokens
+    config.model.gpt.n_positions = max(config.model.gpt.n_positions, context)
     return config
 
 
@@ -91,20 +99,19 @@ def main(argv: list[str]) -> None:
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}),
                               jax.devices()[:1])
     clips, frames = config.train.batch_size, config.data.max_frames
-    hw = config.model.frame_tokens
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.model.gpt.vocab_size, (clips, frames, hw), dtype=np.int32)
     runs = {}
-    for layout, k in variants(args, config):
-        task = GPTTask(variant_config(config, layout, k), mesh)
+    for layout, k, hw in variants(args, config):
+        task = GPTTask(variant_config(config, layout, k, hw), mesh)
+        tokens = rng.integers(0, config.model.gpt.vocab_size, (clips, frames, hw), dtype=np.int32)
         batch = {"tokens": tokens, "n_frames": np.full((clips,), frames, np.int32)}
         batch = {key: jax.device_put(value, task.batch_shardings[key])
                  for key, value in batch.items()}
         state = task.init_state(jax.random.key(0))
-        runs[f"{layout}:k={k}"] = {"task": task, "state": state, "batch": batch}
-    targets = clips * (frames - 2) * hw
+        runs[f"{layout}:k={k}:tokens={hw}"] = {"task": task, "state": state, "batch": batch,
+                                               "targets": clips * (frames - 2) * hw}
     result = {"config": args.config, "device": str(jax.devices()[0].device_kind),
-              "cpu": cpu_name(), "clips": clips, "frames": frames, "frame_tokens": hw,
+              "cpu": cpu_name(), "clips": clips, "frames": frames,
               "dtype": args.dtype, "remat": args.remat, "scan_layers": args.scan_layers,
               "grad_accum_steps": args.accum,
               "variants": {}}
@@ -122,7 +129,7 @@ def main(argv: list[str]) -> None:
         reference = None
         for name, run in runs.items():
             median = statistics.median(times[name])
-            rate = targets / median
+            rate = run["targets"] / median
             reference = reference or rate
             entry = result["variants"].setdefault(name, {
                 "params": int(sum(x.size for x in jax.tree.leaves(run["state"].params)))})
@@ -131,6 +138,7 @@ def main(argv: list[str]) -> None:
                 "step_s_median": round(median, 4),
                 "step_s_all": [round(t, 4) for t in times[name]],
                 "target_tokens_per_sec": round(rate, 1),
+                "clips_per_sec": round(clips / median, 4),
                 "vs_first_variant": round(rate / reference, 2), "loss": run["loss"]}
     print(json.dumps(result, indent=2))
 
