@@ -65,8 +65,8 @@ class InBetweener:
         """The clip between the images at `first` and `last`; UserError on bad input."""
         if not first or not last:
             raise UserError("upload both a first and a last frame (or click the example).")
-        num_frames, top_k, seed = _whole(num_frames, "frames"), _whole(top_k, "top-k"), _whole(
-            seed, "seed")
+        num_frames = _whole(num_frames, "frames")
+        top_k, seed = _whole(top_k, "top-k"), _whole(seed, "seed")
         generation.check_num_frames(num_frames, self.max_frames)
         generation.check_sampling(method, float(temperature), top_k, float(top_p))
         first_frame, last_frame = load_frame_pair(first, last, self.generator.tokenizer.frame_shape)
