@@ -84,9 +84,9 @@ def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir:
                 bundle_overrides: Sequence[str] = ()) -> Run:
     """The run that the flags name (`config_flag`: absl's `--config` flag object).
 
-    `--mode=sample` or `--mode=eval` with neither --config nor --workdir runs an inference
+    `--mode=sample`, `eval` or `demo` with neither --config nor --workdir runs an inference
     bundle (`bundle_dir`, default `bundle.DEMO_BUNDLE`): its GPT config and workdir, for sample
-    its example frames unless --first/--last are given; eval takes `bundle_overrides`
+    and demo its example frames unless --first/--last are given; eval takes `bundle_overrides`
     (`--config.evaluate.*` / `--config.sample.*` arguments) and writes outside the bundle.
     Otherwise `--config` (default: main.py's) is loaded and the workdir defaults to
     workdirs/<config file name>.
