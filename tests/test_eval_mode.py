@@ -316,6 +316,7 @@ def test_a_tokenizer_alone_needs_no_gpt_checkpoint(sampled, setup, tmp_path):
     table = (setup["root"] / "tokenizer_only" / report.TABLE_NAME).read_text(encoding="utf-8")
     assert "no model: config.evaluate.methods selects reconstruction, cross_fade, hold only." in (
         table)
+    assert "- model:" not in table and "seeds" not in table
     for methods, message in [((), "config.evaluate.methods=\\(\\)"),
                              (("model", "blur"), "'blur'.*give distinct names"),
                              (("hold", "hold"), "give distinct names")]:

@@ -249,7 +249,7 @@ def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips:
     if settings.seeds_run and len(settings.seeds_run) < len(settings.seeds):
         notes.append(f"greedy sampling ignores the seed: seeds {list(settings.seeds)} would give "
                      "identical clips, so the model ran once (no spread).")
-    elif len(settings.seeds) > 1:
+    elif settings.seeds_run and len(settings.seeds) > 1:
         notes.append(f"model: mean ± standard deviation over seeds {list(settings.seeds)}.")
     notes.append("the VQ-GAN reconstruction and the baselines are deterministic: one run each.")
     if settings.fvd:
