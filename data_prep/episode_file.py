@@ -17,7 +17,7 @@ import numpy as np
 from data_prep.staged_clips import ClipCutter, ClipSettings, FileClips
 from ganime_jax.data import clip_ops
 from ganime_jax.data.shot_detection import ShotDetector
-from ganime_jax.data.video_io import UnreadableVideoError, read_video, video_info
+from ganime_jax.data.video_io import UnreadableVideoError, VideoInfo, read_video, video_info
 
 # Errors that mean "this file cannot be decoded": the file is skipped, the run goes on.
 DECODE_ERRORS = (UnreadableVideoError, av.error.FFmpegError, OSError)
@@ -28,13 +28,14 @@ SHORT_READ_SHARE = 0.98
 SHORT_READ_MIN_FRAMES = 2
 
 
-def cut_file(path: Path, settings: ClipSettings) -> FileClips:
-    """Decode `path` once: detect shots while keeping the resized frames of the current shot.
+def cut_file(path: Path, settings: ClipSettings, info: VideoInfo) -> FileClips:
+    """Decode `path` (whose header `info` describes) once: detect shots while keeping the
+    resized frames of the current shot.
 
     Held frames are judged on the resized frames: the threshold then applies to what the model
     sees, and area resizing averages out compression noise of repeated drawings.
     """
-    detector = ShotDetector(video_info(path).fps, settings.shot_threshold, settings.min_scene_len)
+    detector = ShotDetector(info.fps, settings.shot_threshold, settings.min_scene_len)
     cutter = ClipCutter(settings)
     shot_start, pending = 0, []  # pending: resized frames from shot_start on
 
@@ -84,18 +85,18 @@ def stage_file(path: str, staging_dir: str, settings: ClipSettings) -> StageResu
     file_path = Path(path)
     try:
         stage = Path(staging_dir) / f"{stage_key(file_path, settings)}.npz"
-        declared = video_info(file_path).num_frames
+        info = video_info(file_path)
         if stage.exists():
             counts = FileClips.load(stage, with_frames=False).counts()
             return StageResult(path, str(stage), counts, reused=True,
-                               short_read=short_read(counts["frames_read"], declared))
-        clips = cut_file(file_path, settings)
+                               short_read=short_read(counts["frames_read"], info.num_frames))
+        clips = cut_file(file_path, settings, info)
     except DECODE_ERRORS as err:
         return StageResult(path, None, {}, skip_reason=f"unreadable video: {err}")
     clips.save(stage)
     counts = clips.counts()
     return StageResult(path, str(stage), counts,
-                       short_read=short_read(counts["frames_read"], declared))
+                       short_read=short_read(counts["frames_read"], info.num_frames))
 
 
 def short_read(decoded: int, declared: int) -> str | None:

@@ -120,7 +120,8 @@ def test_resume_reuses_staged_files(inputs, tmp_path, monkeypatch):
 
     decoded = []
     real_cut_file = episode_file.cut_file
-    monkeypatch.setattr(episode_file, "cut_file", lambda path, s: decoded.append(path) or real_cut_file(path, s))
+    monkeypatch.setattr(episode_file, "cut_file",
+                        lambda path, s, info: decoded.append(path) or real_cut_file(path, s, info))
     summary = episodes.prepare_episodes([str(videos)], str(tmp_path), "toy", settings)
     assert len(decoded) == 1 and summary.files_reused == 2 and summary.files_read == 3
     assert tfds_io.dataset_exists(str(tmp_path), "toy_clips")
