@@ -1,4 +1,6 @@
 """Grain pipelines: batch shapes, per-host sharding, crop/pad, global batches, checkpoint resume."""
+import itertools
+
 import jax
 import ml_collections
 import numpy as np
@@ -68,6 +70,34 @@ def test_frames_batches_and_two_hosts_partition_the_split(root):
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(NUM_FRAMES))
     assert seen[0] != sorted(seen[0])  # shuffled
+
+
+def test_two_hosts_read_the_rows_of_one_hosts_global_batches(root):
+    """Same batches, same row order, same random crops, whatever the host count."""
+    one = itertools.islice(clips(root, min_frames=1), 4)
+    hosts = [itertools.islice(clips(root, min_frames=1, shard_index=h, shard_count=2), 4)
+             for h in range(2)]
+    for whole, *parts in zip(one, *hosts, strict=True):
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_a_two_host_data_position_resumes_on_one_host(root):
+    states = []
+    for host in range(2):
+        iterator = iter(clips(root, min_frames=1, shard_index=host, shard_count=2))
+        for _ in range(3):
+            next(iterator)
+        states.append(iterator.get_state().decode())
+    resumed = iter(clips(root, min_frames=1))
+    resumed.set_state(pipeline.data_state_for_this_process(states, 4).encode())
+    reference = iter(clips(root, min_frames=1))
+    for _ in range(3):
+        next(reference)
+    assert_batches_equal(next(resumed), next(reference))
+    with_workers = [state.replace('"worker_count": 0', '"worker_count": 2') for state in states]
+    with pytest.raises(UserError, match="resume it with 2 processes"):
+        pipeline.data_state_for_this_process(with_workers, 4)
 
 
 def test_frames_shuffle_is_seeded_and_infinite_by_default(root):

@@ -1,8 +1,11 @@
 """Grain input pipelines over our TFDS datasets: per-host shards, seeded, checkpointable.
 
-Each JAX process (host) reads its own shard of a split and yields local batches of
+Each JAX process (host) reads only its rows of every global batch and yields local batches of
 `global_batch_size // shard_count` examples; `to_global_batch` and `prefetch_to_mesh`
-(from `device_batches`, re-exported here) assemble them into global arrays over the mesh.
+(from `device_batches`, re-exported here) assemble them into global arrays over the mesh. The
+global batches are the same whatever the process count (rows in the same order, each with the
+same crop), so a run on several hosts trains on exactly what one host would have (as long as
+no clip is skipped for being short: skipping happens per host).
 The `grain.python.DataLoader` iterators have `get_state()/set_state()`;
 `data_save_args/data_restore_args` put that state into an Orbax checkpoint as the item
 "data", beside the train state.
@@ -14,6 +17,7 @@ hosts with different batch counts, so prefer infinite epochs (the default) for t
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import grain.python as grain
@@ -33,6 +37,7 @@ __all__ = [
     "clips_loader",
     "data_restore_args",
     "data_save_args",
+    "data_state_for_this_process",
     "frames_loader",
     "prefetch_to_mesh",
     "to_global_batch",
@@ -112,6 +117,41 @@ def _shard_options(
     return grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
 
 
+class _GlobalBatchRows:
+    """This process's rows of each global batch, from one order of the whole split.
+
+    A `grain.DataLoader` with shard options (p, n) asks its sampler for indices p, p + n,
+    p + 2n, ...; the k-th of them is row `p * local_batch + k % local_batch` of global batch
+    `k // local_batch`. A record keeps the rng of its position in the global order, so its
+    random crop does not depend on the process count. A global batch that the split cannot
+    fill is dropped on every process alike (`total`: positions in the order, None = endless).
+
+    Its repr, which grain checks when a saved position is restored, is the global order's: the
+    same on every process and for any process count (and the sampler that 1-process runs used
+    before, so their checkpoints still resume).
+    """
+
+    def __init__(self, order: grain.IndexSampler, shard: grain.ShardOptions, local_batch: int,
+                 total: int | None):
+        self.order = order
+        self.shard = shard
+        self.local_batch = local_batch
+        self.total = total
+
+    def __repr__(self) -> str:
+        return repr(self.order)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        batch, row = divmod((index - self.shard.shard_index) // self.shard.shard_count,
+                            self.local_batch)
+        global_batch = self.local_batch * self.shard.shard_count
+        if self.total is not None and (batch + 1) * global_batch > self.total:
+            raise IndexError(f"global batch {batch} runs past the {self.total} records")
+        record = self.order[batch * global_batch + self.shard.shard_index * self.local_batch
+                            + row]
+        return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
+
+
 def _require_kind(data_root: str, name: str, kind: str) -> dict[str, Any]:
     summary = tfds_io.dataset_summary(data_root, name)
     if summary["kind"] != kind:
@@ -165,13 +205,15 @@ def _loader(
         # Grain's worker processes read absl flags; outside an absl app nobody parsed them.
         flags.FLAGS.mark_as_parsed()
     local_batch = global_batch_size // shard_options.shard_count
-    sampler = grain.IndexSampler(
+    order = grain.IndexSampler(
         num_records=len(source),
-        shard_options=shard_options,
+        shard_options=grain.ShardOptions(shard_index=0, shard_count=1, drop_remainder=True),
         shuffle=options.shuffle,
         num_epochs=options.num_epochs,
         seed=options.seed,
     )
+    total = None if options.num_epochs is None else len(source) * options.num_epochs
+    sampler = _GlobalBatchRows(order, shard_options, local_batch, total)
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
@@ -289,3 +331,31 @@ def data_save_args(iterator: Any) -> dict[str, Any]:
 def data_restore_args(iterator: Any) -> dict[str, Any]:
     """Orbax restore args that set `iterator` (a fresh one) to the checkpointed position."""
     return {DATA_ITEM: grain.PyGrainCheckpointRestore(iterator)}
+
+
+def data_state_for_this_process(states: list[str], global_batch_size: int) -> str:
+    """This process's loader state, from the states all processes of a run saved (in order).
+
+    With the process count they were saved by, each process takes its own. With another count
+    (a run resumed on more or fewer hosts; loaders without worker processes only), every
+    process starts at the first global batch that none of the saving processes had begun:
+    where no clip was skipped for being short that is exactly where the run stopped, since a
+    global batch is the same whatever the process count (`_GlobalBatchRows`).
+    """
+    index, count = jax.process_index(), jax.process_count()
+    if len(states) == count:
+        return states[index]
+    saved = [json.loads(state) for state in states]
+    if any(state["worker_count"] for state in saved):
+        raise UserError(
+            f"this checkpoint's data position was saved by {len(states)} processes with grain "
+            f"worker processes; resume it with {len(states)} processes, or set "
+            "config.data.worker_count=0 for the run that saves it.")
+    saved_local = global_batch_size // len(states)
+    taken = [(state["last_seen_indices"]["0"] + len(states) - q) // len(states)
+             for q, state in enumerate(saved)]  # records each saving process had read
+    batches = max(-(-records // saved_local) for records in taken)
+    local = global_batch_size // count
+    resumed = {**saved[0], "last_seen_indices": {"0": index + count * (batches * local - 1)},
+               "last_worker_index": -1}
+    return json.dumps(resumed, indent=4)
