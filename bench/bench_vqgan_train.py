@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ganime_jax.losses.perceptual import load_lpips_params  # noqa: E402
 from ganime_jax.train import mesh as mesh_lib  # noqa: E402
 from ganime_jax.train.vqgan_task import (build_models, compile_train_step,  # noqa: E402
-                                        init_replicated_state)
+                                        init_sharded_state)
 
 
 def _load_config(path: str) -> ml_collections.ConfigDict:
@@ -37,7 +37,7 @@ def _load_config(path: str) -> ml_collections.ConfigDict:
 def _time_variant(config, frames, lpips_params, use_disc: bool, iters: int) -> dict:
     fns = build_models(config)
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
-    state, shardings = init_replicated_state(fns, config, mesh, frames.shape[1:],
+    state, shardings = init_sharded_state(fns, config, mesh, frames.shape[1:],
                                              jax.random.key(0))
     step = compile_train_step(fns, config, mesh, shardings, use_disc)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}

@@ -16,7 +16,7 @@ from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.train import checkpointing, mesh as mesh_lib, vqgan_step, vqgan_task
 from ganime_jax.train.vqgan_task import (VQGANTask, build_models, compile_train_step,
-                                        init_replicated_state)
+                                        init_sharded_state)
 from resume_helpers import check_killed_run_resumes, main_command
 
 
@@ -29,11 +29,12 @@ def setup():
     return config, fns, frames, load_lpips_params()
 
 
-def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: bool = True):
+def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: bool = True,
+               fsdp: int = 1):
     config, fns, frames, lpips_params = setup
-    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
-    state, shardings = init_replicated_state(fns, config, mesh, frames.shape[1:],
-                                             jax.random.key(0))
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": fsdp}), devices)
+    state, shardings = init_sharded_state(fns, config, mesh, frames.shape[1:],
+                                          jax.random.key(0))
     step = compile_train_step(fns, config, mesh, shardings, use_disc, use_perceptual)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))
@@ -44,7 +45,25 @@ def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: b
     return jax.device_get(state), history
 
 
-def test_eight_device_step_equals_one_device_step(setup):
+def test_fsdp_shards_kernels_and_codebook_and_replicates_the_rest(setup):
+    config, fns, frames, _ = setup
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 2}))
+    abstract = jax.eval_shape(lambda key: vqgan_step.init_state(
+        key, fns, frames.shape[1:], config.model.num_embeddings), jax.random.key(0))
+    shardings = vqgan_task.state_shardings(abstract, mesh)
+    pairs = list(zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
+    sharded = [leaf for leaf, s in pairs if mesh_lib.FSDP_AXIS in s.spec]
+    # every kernel of at least 2 output features (and Adam's moments of it) is split
+    assert all(leaf.ndim >= 2 and leaf.shape[-1] % 2 == 0 for leaf in sharded)
+    assert sum(leaf.size for leaf in sharded) > 0.9 * sum(leaf.size for leaf, _ in pairs)
+    assert all(s.spec == jax.sharding.PartitionSpec() for leaf, s in pairs if leaf.ndim < 2)
+    assert shardings.gen_params["quantize"]["embedding"].spec == jax.sharding.PartitionSpec(
+        None, mesh_lib.FSDP_AXIS)
+    # the RGB output conv has 3 features: replicated
+    assert shardings.gen_params["decoder"]["conv_out"]["kernel"].spec == jax.sharding.PartitionSpec()
+
+
+def test_eight_device_fsdp_step_equals_one_device_step(setup):
     # Adam turns the rounding noise of gradients that are exactly zero in theory (attention key
     # biases, say) into full +-lr steps; a large eps makes the update linear in small gradients,
     # so parameters can be compared tightly.
@@ -54,7 +73,7 @@ def test_eight_device_step_equals_one_device_step(setup):
     linear_config.optimizer.eps = 1.0
     linear = (linear_config, build_models(linear_config), frames, lpips_params)
     one_state, one_metrics = _run_steps(linear, jax.devices()[:1], 2, use_disc=True)
-    eight_state, eight_metrics = _run_steps(linear, jax.devices(), 2, use_disc=True)
+    eight_state, eight_metrics = _run_steps(linear, jax.devices(), 2, use_disc=True, fsdp=2)
     # From the same state, every metric of the step agrees to float rounding. (Later steps'
     # adaptive weight is a ratio of small gradient norms that amplifies that rounding.)
     for key in ("loss", "rec_loss", "quantizer_loss", "g_loss", "d_weight", "d_loss",

@@ -2,12 +2,13 @@
 import functools
 from typing import Any, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding
 
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
@@ -32,7 +33,8 @@ def build_models(config: ml_collections.ConfigDict) -> vqgan_step.StepFns:
 def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
                        mesh: jax.sharding.Mesh, state_shardings: Any, use_disc: bool,
                        use_perceptual: bool = True):
-    """The jitted step: batch split over the mesh, state and LPIPS weights replicated."""
+    """The jitted step: batch split over the mesh, state sharded by `state_shardings`, LPIPS
+    weights replicated."""
     replicated = mesh_lib.replicated(mesh)
     return jax.jit(
         vqgan_step.make_train_step(fns, config, use_disc, use_perceptual),
@@ -47,14 +49,35 @@ def training_phase(loss_cfg: ml_collections.ConfigDict, step: int) -> tuple[bool
     return step >= loss_cfg.perceptual_start, step >= loss_cfg.disc_start
 
 
-def init_replicated_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
-                          mesh: jax.sharding.Mesh, frame_shape: tuple[int, int, int],
-                          rng: jax.Array) -> tuple[vqgan_step.VQGANState, Any]:
-    """A fresh train state born replicated on `mesh`, and its shardings."""
+# Logical axes of the stage-1 state, read off each leaf's shape: the last (output-feature) axis
+# of every conv/dense kernel and of the codebook is "features", which FSDP splits over the
+# `fsdp` mesh axis; biases, norm scales and counters (small) are replicated, as is a kernel
+# whose feature count the axis does not divide.
+FEATURES = "features"
+VQGAN_AXIS_RULES = ((FEATURES, mesh_lib.FSDP_AXIS),)
+
+
+def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Shardings of a stage-1 train state (or any tree of its parameters) on `mesh`."""
+    fsdp = mesh.shape[mesh_lib.FSDP_AXIS]
+
+    def sharding(leaf) -> NamedSharding:
+        if leaf.ndim < 2 or leaf.shape[-1] % fsdp:
+            return mesh_lib.replicated(mesh)
+        logical = (None,) * (leaf.ndim - 1) + (FEATURES,)
+        return NamedSharding(mesh, nn.logical_to_mesh_axes(logical, VQGAN_AXIS_RULES))
+
+    return jax.tree.map(sharding, abstract_state)
+
+
+def init_sharded_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh, frame_shape: tuple[int, int, int],
+                       rng: jax.Array) -> tuple[vqgan_step.VQGANState, Any]:
+    """A fresh train state born with its `state_shardings` on `mesh`, and those shardings."""
     def init(key):
         return vqgan_step.init_state(key, fns, frame_shape, config.model.num_embeddings)
 
-    shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), jax.eval_shape(init, rng))
+    shardings = state_shardings(jax.eval_shape(init, rng), mesh)
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
@@ -71,13 +94,16 @@ class VQGANTask:
         self.replicated = mesh_lib.replicated(mesh)
         self.lpips_params = jax.device_put(load_lpips_params(), self.replicated)
         abstract = jax.eval_shape(self._init, jax.random.key(0))
-        self.state_shardings = jax.tree.map(lambda _: self.replicated, abstract)
+        self.state_shardings = state_shardings(abstract, mesh)
         self._abstract = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
         # One compiled variant per training phase (perceptual loss on?, discriminator on?).
         self._steps = {(perceptual, disc): compile_train_step(
             self.fns, config, mesh, self.state_shardings, disc, perceptual)
             for perceptual in (False, True) for disc in (False, True)}
-        self._eval_fn = jax.jit(functools.partial(_eval_batch, fns=self.fns))
+        self._reconstruct = jax.jit(
+            lambda params, frames: _eval_batch(params, frames, self.lpips_params, fns=self.fns)[0],
+            in_shardings=(self.state_shardings.gen_params, self.replicated),
+            out_shardings=self.replicated)
         self._eval_sums = jax.jit(
             functools.partial(_eval_sums, fns=self.fns, num_codes=config.model.num_embeddings),
             in_shardings=(self.state_shardings.gen_params, mesh_lib.batch_sharding(mesh),
@@ -118,9 +144,9 @@ class VQGANTask:
                  clock: TrainingClock) -> None:
         cfg = self.config
         if step % cfg.train.image_every == 0:
-            local = multihost_utils.global_array_to_host_local_array(
-                last_batch["frames"], self.mesh, PartitionSpec(mesh_lib.BATCH_AXES))
-            frames = np.asarray(local)[:IMAGES_IN_GRID]
+            # every process holds the whole batch, so all run the (replicated) reconstruction
+            frames = multihost_utils.process_allgather(last_batch["frames"],
+                                                       tiled=True)[:IMAGES_IN_GRID]
             recon = self.reconstruct(state.gen_params, frames)
             writer.image(step, "train/input_over_reconstruction",
                          image_grid([frames, to_uint8(recon)]))
@@ -129,8 +155,10 @@ class VQGANTask:
             writer.scalars(step, {**self.evaluate(state), **reached}, prefix="eval")
 
     def reconstruct(self, gen_params, frames: np.ndarray) -> np.ndarray:
-        recon, _ = self._eval_fn(gen_params, jnp.asarray(frames), self.lpips_params)
-        return np.asarray(recon)
+        """The VQ-GAN's output for `frames` (the same on every process), as floats in [-1, 1]."""
+        placed = jax.make_array_from_callback(frames.shape, self.replicated,
+                                              lambda index: frames[index])
+        return np.asarray(self._reconstruct(gen_params, placed))
 
     def evaluate(self, state: vqgan_step.VQGANState,
                  num_batches: int | None = None) -> dict[str, float]:
