@@ -56,8 +56,15 @@ _define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples. "
                                "Defaults to workdirs/<config file name>.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
-                               "(one process per host, e.g. on a TPU pod).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join the other processes of a multi-process "
+                               "run first (one process per host or GPU): TPU pods, SLURM and "
+                               "mpirun are detected; elsewhere give the next three flags.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multihost: HOST:PORT of "
+                                   "process 0 (default: $JAX_COORDINATOR_ADDRESS or detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multihost: processes in the run "
+                                      "(default: $JAX_NUM_PROCESSES or detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multihost: this process's index in "
+                                   "[0, num_processes) (default: $JAX_PROCESS_ID or detected).")
 _FIRST = flags.DEFINE_string("first", None, "sample: image file of the first frame.")
 _LAST = flags.DEFINE_string("last", None, "sample: image file of the last frame.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "sample: frames of the generated clip, "
@@ -79,10 +86,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
     from ganime_jax.errors import UserError
-    if _MULTIHOST.value:
-        import jax
-        jax.distributed.initialize()
     try:
+        if _MULTIHOST.value:
+            from ganime_jax.train import multihost
+            multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+            raise UserError("--coordinator_address, --num_processes and --process_id need "
+                            "--multihost.")
         run = cli.resolve_run(_MODE.value, flags.FLAGS["config"], workdir=_WORKDIR.value,
                               bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value,
                               bundle_overrides=_BUNDLE_OVERRIDES)

@@ -16,7 +16,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ganime_jax.data import pipeline
 from ganime_jax.errors import UserError
+from ganime_jax.train import multihost
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
@@ -48,10 +50,24 @@ def make_manager(workdir: str | pathlib.Path, *, every: int, keep: int,
         item_names=(STATE_ITEM, DATA_ITEM, CONFIG_ITEM))
 
 
+def this_process_only() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for a manager that only this process uses (no barriers with the others)."""
+    index = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index})
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: bytes | None,
          config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
-    """Saves one step (asynchronously when the manager allows); returns whether it saved."""
-    data = {"iterator": data_state.decode() if data_state is not None else None}
+    """Saves one step (asynchronously when the manager allows); returns whether it saved.
+
+    Every process calls it; the data item holds every process's loader position
+    ("iterators", in process order), gathered when the step is saved.
+    """
+    if not (force or manager.should_save(step)):
+        return False
+    iterators = (None if data_state is None
+                 else multihost.allgather_texts(data_state.decode()))
+    data = {"iterators": iterators}
     return manager.save(step, args=ocp.args.Composite(**{
         STATE_ITEM: ocp.args.StandardSave(state),
         DATA_ITEM: ocp.args.JsonSave(data),
@@ -92,7 +108,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    config: ml_collections.ConfigDict) -> tuple[Any, bytes | None, int] | None:
     """Restores the newest checkpoint into `abstract_state`'s shapes and shardings.
 
-    Returns (state, data iterator state, step), or None when the workdir has no checkpoint.
+    Returns (state, this process's data iterator state, step), or None when the workdir has no
+    checkpoint. A checkpoint written by another number of processes restores too (see
+    `pipeline.data_state_for_this_process`).
     """
     step = manager.latest_step()
     if step is None:
@@ -106,8 +124,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
             STATE_ITEM: ocp.args.StandardRestore(abstract_state),
             DATA_ITEM: ocp.args.JsonRestore(),
         }))
-    iterator = restored[DATA_ITEM]["iterator"]
-    return restored[STATE_ITEM], (iterator.encode() if iterator is not None else None), step
+    data = restored[DATA_ITEM]
+    # checkpoints written before the data item held one position per process: one process
+    iterators = data["iterators"] if "iterators" in data else [data["iterator"]]
+    if iterators is None or iterators[0] is None:
+        return restored[STATE_ITEM], None, step
+    iterator = pipeline.data_state_for_this_process(iterators, config.train.batch_size)
+    return restored[STATE_ITEM], iterator.encode(), step
 
 
 def write_params_checkpoint(workdir: str | pathlib.Path, step: int, state: dict,

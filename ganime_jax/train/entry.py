@@ -5,7 +5,7 @@ import pathlib
 import jax
 import ml_collections
 
-from ganime_jax.train import loop, mesh as mesh_lib
+from ganime_jax.train import loop, mesh as mesh_lib, multihost
 
 
 def ensure_dataset(data: ml_collections.ConfigDict) -> None:
@@ -48,13 +48,14 @@ def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> loop.LoopResult:
     """Trains (or resumes) the config's stage in `workdir`, then reports held-out figures."""
-    if jax.process_index() == 0:
+    if multihost.is_main_process():
         prepare_data(config)
+    multihost.barrier("prepare_data")  # the others read what process 0 built
     mesh = mesh_lib.make_mesh(config.mesh)
     task = make_task(config, mesh, workdir)
     result = loop.run(config, workdir, task)
     final = task.evaluate(result.state)
-    if jax.process_index() == 0:
+    if multihost.is_main_process():
         summary = {"step": result.step, "eval": final, "train": result.last_metrics}
         path = pathlib.Path(workdir) / "final_metrics.json"
         tmp = path.with_suffix(".json.tmp")

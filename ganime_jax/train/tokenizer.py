@@ -112,8 +112,17 @@ class Tokenizer:
         return digest.hexdigest()
 
 
+def _local(mesh: Mesh | None) -> bool:
+    """Whether `mesh` (None: the first device) has only this process's devices."""
+    return mesh is None or all(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
 def load_tokenizer(workdir: str | pathlib.Path, mesh: Mesh | None = None) -> Tokenizer:
-    """The VQ-GAN of the newest checkpoint in a stage-1 workdir, frozen (see `Tokenizer`)."""
+    """The VQ-GAN of the newest checkpoint in a stage-1 workdir, frozen (see `Tokenizer`).
+
+    When `mesh` spans other processes' devices, every process of the run must call it (the read
+    is collective); otherwise this process reads alone (process 0 encoding a token dataset while
+    the others wait)."""
     workdir = pathlib.Path(workdir)
     directory = checkpointing.checkpoint_dir(workdir)
     if not workdir.is_dir():
@@ -122,7 +131,10 @@ def load_tokenizer(workdir: str | pathlib.Path, mesh: Mesh | None = None) -> Tok
     if not directory.is_dir():
         raise UserError(f"{workdir} holds no checkpoints; " + TRAIN_HINT.format(workdir))
     manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False),
+        directory, options=ocp.CheckpointManagerOptions(
+            create=False, multiprocessing_options=(
+                checkpointing.this_process_only() if _local(mesh)
+                else ocp.options.MultiprocessingOptions())),
         item_names=(checkpointing.STATE_ITEM, checkpointing.CONFIG_ITEM))
     try:
         step = manager.latest_step()
