@@ -2,7 +2,6 @@
 import dataclasses
 import importlib
 import pathlib
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ import ml_collections
 from absl import app, flags
 
 from ganime_jax import config_check, writable
-from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.errors import UserError, exit_on_user_error, fail
 
 # The complete reference config of each stage: every config of that stage has its fields.
 REFERENCE_CONFIGS = {"vqgan": "configs.vqgan_kny", "gpt": "configs.gpt_kny"}
@@ -151,9 +150,3 @@ def run_mode(mode: str, config: ml_collections.ConfigDict, workdir: str,
                        example=(first, last) if first is not None else None)
         return
     raise UserError(f"--mode={mode} is unknown; use --mode=train, sample, eval or demo.")
-
-
-def fail(message: str) -> None:
-    """Prints `error: message` on stderr and exits with status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)

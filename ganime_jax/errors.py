@@ -1,5 +1,6 @@
 """User-facing errors: one line that says what was wrong and what to do."""
 import contextlib
+import sys
 from collections.abc import Iterator
 
 
@@ -11,12 +12,17 @@ class UserError(Exception):
     """
 
 
+def fail(message: str) -> None:
+    """Prints `error: message` on stderr and exits with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """For command-line entry points: a UserError raised inside ends the program as `main.py`
-    does (`ganime_jax.cli.fail`: `error: <message>` on stderr, exit status 2)."""
+    does (`fail`)."""
     try:
         yield
     except UserError as error:
-        from ganime_jax.cli import fail  # here, not at the top: cli imports this module
         fail(str(error))
