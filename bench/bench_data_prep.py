@@ -15,7 +15,7 @@ import time
 
 from data_prep import episodes
 from data_prep.render_episodes import episode_seed, render_episode_file
-from data_prep.staged_clips import ClipSettings
+from ganime_jax.data.staged_clips import ClipSettings
 from ganime_jax.data.shot_detection import detect_shots
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig
 

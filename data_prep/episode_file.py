@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from data_prep.staged_clips import ClipCutter, ClipSettings, FileClips
+from ganime_jax.data.staged_clips import ClipCutter, ClipSettings, FileClips
 from ganime_jax.data import clip_ops
 from ganime_jax.data.shot_detection import ShotDetector
 from ganime_jax.data.video_io import UnreadableVideoError, VideoInfo, read_video, video_info

@@ -22,7 +22,7 @@ from absl import flags
 from tqdm import tqdm
 
 from data_prep.episode_file import StageResult, stage_file
-from data_prep.staged_clips import COUNT_KEYS, ClipSettings, FileClips, write_staged_datasets
+from ganime_jax.data.staged_clips import COUNT_KEYS, ClipSettings, FileClips, write_staged_datasets
 from ganime_jax import writable
 from ganime_jax.cli import run_command
 from ganime_jax.data import clip_ops, tfds_io

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import episode_file, episodes
-from data_prep.staged_clips import ClipSettings
+from ganime_jax.data.staged_clips import ClipSettings
 from ganime_jax.data import tfds_io
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
 from ganime_jax.data.video_io import write_video

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import gpt_tiny
-from data_prep.tokens import tokenizer_metadata
+from ganime_jax.train.token_dataset import tokenizer_metadata
 from ganime_jax import bundle, cli, export, generation, images, sample
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError

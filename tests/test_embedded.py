@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import embedded, render_episodes
-from ganime_jax.data import tfds_io
+from data_prep import render_episodes
+from ganime_jax.data import embedded, tfds_io
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig
 from ganime_jax.errors import UserError
 

@@ -17,7 +17,7 @@ from configs import gpt_demo, gpt_kny, gpt_tiny
 from ganime_jax import conditioning, config_check
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import LAYOUTS
-from ganime_jax.train import gpt_step, mesh as mesh_lib
+from ganime_jax.train import gpt_step
 from ganime_jax.train.gpt_task import GPTTask, SampleWriter, build_fns, check_config
 from ganime_jax.train.summary import MetricWriter
 from resume_helpers import check_killed_run_resumes, main_command

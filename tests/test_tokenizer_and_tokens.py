@@ -9,10 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_prep import tokens as tokens_prep
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import mesh as mesh_lib
+from ganime_jax.train import mesh as mesh_lib, token_dataset
 from ganime_jax.train.tokenizer import load_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,8 +41,8 @@ def tokenizer(stage1_workdirs):
 def built(stage1_workdirs, tmp_path_factory) -> str:
     """A data root holding a token dataset built in shards of 2 clips over 8 devices."""
     root = _root_with_clips(stage1_workdirs, tmp_path_factory.mktemp("tokens") / "datasets")
-    tokens_prep.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
-                                    batch_size=ENCODE_BATCH, clips_per_shard=CLIPS_PER_SHARD)
+    token_dataset.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
+                                      batch_size=ENCODE_BATCH, clips_per_shard=CLIPS_PER_SHARD)
     return root
 
 
@@ -106,20 +105,20 @@ def test_interrupted_build_resumes_from_its_shards(stage1_workdirs, built, tmp_p
         raise RuntimeError("killed while writing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tokens_prep.tfds_io, "write_dataset", crash)
+        patch.setattr(token_dataset.tfds_io, "write_dataset", crash)
         with pytest.raises(RuntimeError, match="killed"):
-            tokens_prep.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
-                                            batch_size=ENCODE_BATCH,
-                                            clips_per_shard=CLIPS_PER_SHARD)
+            token_dataset.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
+                                              batch_size=ENCODE_BATCH,
+                                              clips_per_shard=CLIPS_PER_SHARD)
     staged = sorted(p.name for p in (tmp_path / "datasets" / f".{name}.staging").glob("*.npz"))
     assert staged == ["test-00000.npz", "train-00000.npz", "train-00001.npz"]
     assert not tfds_io.dataset_exists(root, name)
 
     encoded = []
-    monkeypatch.setattr(tokens_prep, "encode_clips",
+    monkeypatch.setattr(token_dataset, "encode_clips",
                         lambda *args: encoded.append(1) or pytest.fail("re-encoded a shard"))
-    tokens_prep.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
-                                    batch_size=ENCODE_BATCH, clips_per_shard=CLIPS_PER_SHARD)
+    token_dataset.build_token_dataset(root, DATASET, stage1_workdirs["workdir"],
+                                      batch_size=ENCODE_BATCH, clips_per_shard=CLIPS_PER_SHARD)
     assert not encoded
     for split in ("train", "test"):
         for a, b in zip(_records(root, name, split), _records(built, name, split)):
@@ -127,9 +126,9 @@ def test_interrupted_build_resumes_from_its_shards(stage1_workdirs, built, tmp_p
 
 
 def test_existing_dataset_of_another_tokenizer_is_refused(built, stage1_workdirs):
-    tokens_prep.ensure_token_dataset(built, DATASET, stage1_workdirs["workdir"])
+    token_dataset.ensure_token_dataset(built, DATASET, stage1_workdirs["workdir"])
     with pytest.raises(UserError, match="another tokenizer.*data_prep.tokens"):
-        tokens_prep.ensure_token_dataset(built, DATASET, stage1_workdirs["other_workdir"])
+        token_dataset.ensure_token_dataset(built, DATASET, stage1_workdirs["other_workdir"])
 
 
 def test_command_line_builds_the_same_dataset(stage1_workdirs, built, tmp_path):

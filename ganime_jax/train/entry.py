@@ -12,7 +12,7 @@ def ensure_dataset(data: ml_collections.ConfigDict) -> None:
     """Builds the embedded dataset named by `data.embedded.kind` when it is not there yet."""
     if "embedded" not in data or not data.embedded.kind:
         return
-    from data_prep import embedded
+    from ganime_jax.data import embedded
     settings = {k: v for k, v in data.embedded.items() if k != "kind"}
     embedded.ensure_embedded_dataset(data.data_root, data.dataset, kind=data.embedded.kind,
                                      height=data.height, width=data.width, **settings)
@@ -20,9 +20,9 @@ def ensure_dataset(data: ml_collections.ConfigDict) -> None:
 
 def ensure_tokens(config: ml_collections.ConfigDict) -> None:
     """Stage 2 trains on `{dataset}_tokens`: encodes the clips with the tokenizer if missing."""
-    from data_prep import tokens
+    from ganime_jax.train import token_dataset
     data = config.data
-    tokens.ensure_token_dataset(data.data_root, data.dataset, config.tokenizer.workdir,
+    token_dataset.ensure_token_dataset(data.data_root, data.dataset, config.tokenizer.workdir,
                                 batch_size=data.encode_batch_size,
                                 clips_per_shard=data.encode_clips_per_shard)
 
