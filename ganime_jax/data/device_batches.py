@@ -61,8 +61,7 @@ class MeshPrefetcher:
     """Iterates global batches prepared `size` ahead by a background thread.
 
     `get_state()/set_state()` speak for the wrapped data iterator, at the position of the last
-    batch returned by `next()` (not the prefetched ones), so the object can be saved with
-    `pipeline.data_save_args(prefetcher)`. With `with_state`, `next()` returns
+    batch returned by `next()` (not the prefetched ones). With `with_state`, `next()` returns
     `(batch, state)` pairs instead, for trainers that save the state themselves.
     Call `close()` (or use `with`) to stop the thread.
     """

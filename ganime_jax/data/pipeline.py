@@ -6,9 +6,8 @@ Each JAX process (host) reads only its rows of every global batch and yields loc
 global batches are the same whatever the process count (rows in the same order, each with the
 same crop), so a run on several hosts trains on exactly what one host would have (as long as
 no clip is skipped for being short: skipping happens per host).
-The `grain.python.DataLoader` iterators have `get_state()/set_state()`;
-`data_save_args/data_restore_args` put that state into an Orbax checkpoint as the item
-"data", beside the train state.
+The `grain.python.DataLoader` iterators have `get_state()/set_state()`; training checkpoints
+keep that state as JSON text (`train.checkpointing`), one per process.
 
 Clips shorter than `min_frames` are SKIPPED (filtered out), not rejected; a split with no clip
 long enough is a UserError. With a finite `num_epochs` on several hosts, skipping can leave
@@ -31,12 +30,9 @@ from ganime_jax.data.device_batches import MeshPrefetcher, prefetch_to_mesh, to_
 from ganime_jax.errors import UserError
 
 __all__ = [
-    "DATA_ITEM",
     "LoaderOptions",
     "MeshPrefetcher",
     "clips_loader",
-    "data_restore_args",
-    "data_save_args",
     "data_state_for_this_process",
     "frames_loader",
     "prefetch_to_mesh",
@@ -44,7 +40,6 @@ __all__ = [
     "tokens_loader",
 ]
 
-DATA_ITEM = "data"
 # Reader threads per process and records buffered ahead of the transforms (grain's defaults,
 # 16 threads and 500 records, are tuned for remote disks and small records; clips are ~0.6 MB).
 DEFAULT_READ_THREADS = 4
@@ -318,19 +313,6 @@ def tokens_loader(
     return _clip_loader(
         data_root, name, split, "tokens", crop, min_frames, global_batch_size, options
     )
-
-
-def data_save_args(iterator: Any) -> dict[str, Any]:
-    """Orbax save args for the data iterator: `ocp.args.Composite(state=..., **data_save_args(it))`.
-
-    `iterator` is a DataLoader iterator or a `device_batches.MeshPrefetcher` over one.
-    """
-    return {DATA_ITEM: grain.PyGrainCheckpointSave(iterator)}
-
-
-def data_restore_args(iterator: Any) -> dict[str, Any]:
-    """Orbax restore args that set `iterator` (a fresh one) to the checkpointed position."""
-    return {DATA_ITEM: grain.PyGrainCheckpointRestore(iterator)}
 
 
 def data_state_for_this_process(states: list[str], global_batch_size: int) -> str:

@@ -6,7 +6,7 @@ progress and logging behave the same for the VQ-GAN and the GPT trainer.
 import dataclasses
 import pathlib
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import jax
 import ml_collections
@@ -45,12 +45,11 @@ class Task(Protocol):
 class LoopResult:
     state: Any
     step: int
-    resumed_from: int | None
     last_metrics: dict
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-        task: Task, *, on_step: Callable[[int, dict], None] | None = None) -> LoopResult:
+        task: Task) -> LoopResult:
     """Trains until `config.train.num_steps`, resuming from the newest checkpoint in workdir."""
     workdir = pathlib.Path(workdir)
     checkpointing.write_config(workdir, config)
@@ -63,7 +62,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         state, data_state, step = restored
         if jax.process_index() == 0:
             print(f"resumed from the checkpoint of step {step} in {workdir}", flush=True)
-    resumed_from = None if restored is None else step
     clock = TrainingClock(workdir, step)
     base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     writer = MetricWriter(workdir)
@@ -87,8 +85,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                 last_metrics.update(clock.read())
                 writer.scalars(step, last_metrics)
                 progress.set_postfix(_short(last_metrics), refresh=False)
-                if on_step is not None:
-                    on_step(step, last_metrics)
             task.periodic(state, step, writer, batch, clock)
             checkpointing.save(manager, step, state, data_state, config)
         if manager.latest_step() != step:
@@ -98,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         manager.wait_until_finished()
         manager.close()
         writer.close()
-    return LoopResult(state=state, step=step, resumed_from=resumed_from, last_metrics=last_metrics)
+    return LoopResult(state=state, step=step, last_metrics=last_metrics)
 
 
 class TrainingClock:
