@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from ganime_jax import generation, writable
 from ganime_jax.data import tfds_io, video_io
@@ -76,41 +75,20 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 
 def _restore_params(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                     transformer: Transformer) -> tuple[Any, int]:
-    directory = checkpointing.checkpoint_dir(workdir)
-    if not directory.is_dir():
-        raise UserError(f"no GPT checkpoint in {workdir}; " + TRAIN_HINT.format(workdir))
-    json_items = (checkpointing.CONFIG_ITEM, checkpointing.DATA_ITEM)
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={checkpointing.STATE_ITEM: ocp.PyTreeCheckpointHandler(),
-                       **{item: ocp.JsonCheckpointHandler() for item in json_items}})
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise UserError(f"{directory} holds no complete checkpoint; "
-                            + TRAIN_HINT.format(workdir))
-        with checkpointing.reading(manager, step):
-            saved = manager.restore(step, args=ocp.args.Composite(**{
-                checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM]
+    with checkpointing.newest(workdir, "GPT", TRAIN_HINT.format(workdir)) as (manager, step):
+        saved = checkpointing.saved_config(manager, step)
         if saved.get("stage") != "gpt":
             raise UserError(f"the checkpoint in {workdir} is of stage {saved.get('stage')!r}, "
                             "not a GPT; give the --workdir of a stage-2 (gpt) run.")
+        directory = checkpointing.checkpoint_dir(workdir)
         checkpointing.check_same_architecture(saved, config.to_dict(), directory)
         abstract = _abstract_params(transformer)
         with checkpointing.reading(manager, step):
             stored = manager.item_metadata(step)[checkpointing.STATE_ITEM]
         _check_shapes(getattr(stored, "tree", stored), abstract, directory)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
-            sharding=device, global_shape=x.shape, dtype=x.dtype), abstract)
-        with checkpointing.reading(manager, step):
-            restored = manager.restore(step, args=ocp.args.Composite(**{
-                checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
-                    item={PARAMS_FIELD: abstract}, restore_args={PARAMS_FIELD: restore_args},
-                    partial_restore=True)}))
-    finally:
-        manager.close()
-    return restored[checkpointing.STATE_ITEM][PARAMS_FIELD], step
+        params = checkpointing.restore_params(manager, step, PARAMS_FIELD, abstract, device)
+    return params, step
 
 
 def _check_shapes(stored: Any, abstract: Any, directory: pathlib.Path) -> None:

@@ -50,7 +50,7 @@ def test_missing_tokenizer_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist.*configs/vqgan"):
         load_tokenizer(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no checkpoints.*main.py"):
+    with pytest.raises(UserError, match="no VQ-GAN checkpoint in .*empty; train stage 1.*main.py"):
         load_tokenizer(tmp_path / "empty")
 
 

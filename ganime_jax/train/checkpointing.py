@@ -184,20 +184,57 @@ def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
     tmp.replace(path)
 
 
-def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config saved with the newest checkpoint of `workdir`."""
+@contextlib.contextmanager
+def newest(workdir: str | pathlib.Path, what: str, hint: str, *,
+           this_process: bool = True) -> Iterator[tuple[ocp.CheckpointManager, int]]:
+    """Opens the newest complete checkpoint of `workdir` read-only: yields (manager, step).
+
+    Every item can be read from the manager (`saved_config`, `restore_params`). No checkpoint
+    is one error line: "no `what` checkpoint in `workdir`; `hint`". `this_process=False` for a
+    read that all processes of a run make together (arrays restored onto a mesh that spans
+    them).
+    """
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
-        raise UserError(f"{workdir} holds no checkpoints; give the workdir of a trained run.")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                                    item_names=(CONFIG_ITEM,))
+        raise UserError(f"no {what} checkpoint in {workdir}; {hint}")
+    options = ocp.CheckpointManagerOptions(
+        create=False, multiprocessing_options=(
+            this_process_only() if this_process else ocp.options.MultiprocessingOptions()))
+    manager = ocp.CheckpointManager(directory, options=options, item_handlers={
+        STATE_ITEM: ocp.PyTreeCheckpointHandler(), DATA_ITEM: ocp.JsonCheckpointHandler(),
+        CONFIG_ITEM: ocp.JsonCheckpointHandler()})
     try:
         step = manager.latest_step()
         if step is None:
-            raise UserError(f"{directory} holds no complete checkpoint; train the run first.")
-        with reading(manager, step):
-            saved = manager.restore(step, args=ocp.args.Composite(**{
-                CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+            raise UserError(f"{directory} holds no complete checkpoint; {hint}")
+        yield manager, step
     finally:
         manager.close()
-    return ml_collections.ConfigDict(saved)
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The config saved with checkpoint `step`."""
+    with reading(manager, step):
+        return manager.restore(step, args=ocp.args.Composite(**{
+            CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+
+
+def restore_params(manager: ocp.CheckpointManager, step: int, field: str, abstract: Any,
+                   sharding: jax.sharding.Sharding) -> Any:
+    """`state[field]` of checkpoint `step` alone (a partial restore: the rest of the train state
+    stays on disk), shaped like `abstract`, every array placed with `sharding`."""
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
+        abstract)
+    with reading(manager, step):
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.PyTreeRestore(item={field: abstract},
+                                               restore_args={field: restore_args},
+                                               partial_restore=True)}))
+    return restored[STATE_ITEM][field]
+
+
+def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config saved with the newest checkpoint of `workdir`."""
+    with newest(workdir, "trained", "give the workdir of a trained run.") as (manager, step):
+        return ml_collections.ConfigDict(saved_config(manager, step))

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from ganime_jax.errors import UserError
@@ -124,49 +123,20 @@ def load_tokenizer(workdir: str | pathlib.Path, mesh: Mesh | None = None) -> Tok
     is collective); otherwise this process reads alone (process 0 encoding a token dataset while
     the others wait)."""
     workdir = pathlib.Path(workdir)
-    directory = checkpointing.checkpoint_dir(workdir)
     if not workdir.is_dir():
         raise UserError(f"tokenizer workdir {workdir} does not exist; "
                         + TRAIN_HINT.format(workdir))
-    if not directory.is_dir():
-        raise UserError(f"{workdir} holds no checkpoints; " + TRAIN_HINT.format(workdir))
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(
-            create=False, multiprocessing_options=(
-                checkpointing.this_process_only() if _local(mesh)
-                else ocp.options.MultiprocessingOptions())),
-        item_names=(checkpointing.STATE_ITEM, checkpointing.CONFIG_ITEM))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise UserError(f"{directory} holds no complete checkpoint; "
-                            + TRAIN_HINT.format(workdir))
-        with checkpointing.reading(manager, step):
-            config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
-                **{checkpointing.CONFIG_ITEM: ocp.args.JsonRestore()}))[checkpointing.CONFIG_ITEM])
+    with checkpointing.newest(workdir, "VQ-GAN", TRAIN_HINT.format(workdir),
+                              this_process=_local(mesh)) as (manager, step):
+        config = ml_collections.ConfigDict(checkpointing.saved_config(manager, step))
         if config.get("stage") != "vqgan":
             raise UserError(f"the checkpoint in {workdir} is of stage {config.get('stage')!r}, "
                             "not a VQ-GAN; give the workdir of a stage-1 (vqgan) run.")
         model = VQGAN(**config.model)
-        params = _restore_params(manager, step, model, config, mesh)
-    finally:
-        manager.close()
+        dummy = jnp.zeros((1, config.data.height, config.data.width, config.model.in_channels))
+        abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)["params"])
+        sharding = (mesh_lib.replicated(mesh) if mesh is not None
+                    else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        params = checkpointing.restore_params(manager, step, GEN_PARAMS, abstract, sharding)
     return Tokenizer(config=config, model=model, params=params, step=step, workdir=workdir,
                      mesh=mesh)
-
-
-def _restore_params(manager: ocp.CheckpointManager, step: int, model: VQGAN,
-                    config: ml_collections.ConfigDict, mesh: Mesh | None) -> Any:
-    dummy = jnp.zeros((1, config.data.height, config.data.width, config.model.in_channels))
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy)["params"])
-    sharding = (mesh_lib.replicated(mesh) if mesh is not None
-                else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
-        abstract)
-    with checkpointing.reading(manager, step):
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            checkpointing.STATE_ITEM: ocp.args.PyTreeRestore(
-                item={GEN_PARAMS: abstract}, restore_args={GEN_PARAMS: restore_args},
-                partial_restore=True)}))
-    return restored[checkpointing.STATE_ITEM][GEN_PARAMS]
