@@ -88,11 +88,11 @@ def test_vqgan_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tm
                             "--config.train.keep_checkpoints=3")
 
     cache = tmp_path / "jax_cache"
-    reference = _run_one_process(command(tmp_path / "one"), cache)
-    assert "trained vqgan" in reference
+    # The 2-process run comes first: process 0 builds the embedded dataset while 1 waits for it.
     outputs = _finish(_start(command(tmp_path / "two"), cache))
     # process 0 alone reports, logs and writes the config
     assert ["trained vqgan" in out for out in outputs] == [True, False]
+    assert "trained vqgan" in _run_one_process(command(tmp_path / "one"), cache)
     expected = read_metrics(tmp_path / "one")
     got = read_metrics(tmp_path / "two")
     assert sorted(got) == list(range(1, num_steps + 1))
@@ -160,9 +160,20 @@ def test_gpt_two_processes_killed_and_resumed_train_as_one(tmp_path, stage1_work
       "--process_id=2"), "process id must be in [0, 2)"),
 ])
 def test_multihost_flag_errors_are_one_line(tmp_path, flags, message):
-    result = subprocess.run(
-        main_command("configs/vqgan_tiny.py", tmp_path / "w", *flags), cwd=REPO,
-        env=_env(1, tmp_path / "cache"), capture_output=True, text=True, timeout=TIMEOUT_S)
+    _check_one_line_error(main_command("configs/vqgan_tiny.py", tmp_path / "w", *flags),
+                          _env(1, tmp_path / "cache"), message)
+
+
+def test_multihost_reads_the_process_count_and_id_from_jax_variables(tmp_path):
+    env = {**_env(1, tmp_path / "cache"), "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "5"}
+    _check_one_line_error(main_command("configs/vqgan_tiny.py", tmp_path / "w", "--multihost"),
+                          env, "process id must be in [0, 2), got 5")
+
+
+def _check_one_line_error(command: list[str], env: dict[str, str], message: str) -> None:
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
