@@ -175,7 +175,7 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Writes the run's config beside its checkpoints (atomically, process 0 only)."""
-    if jax.process_index() != 0:
+    if not multihost.is_main_process():
         return
     path = pathlib.Path(workdir) / CONFIG_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ def ensure_tokens(config: ml_collections.ConfigDict) -> None:
     from ganime_jax.train import token_dataset
     data = config.data
     token_dataset.ensure_token_dataset(data.data_root, data.dataset, config.tokenizer.workdir,
-                                batch_size=data.encode_batch_size,
-                                clips_per_shard=data.encode_clips_per_shard)
+                                       batch_size=data.encode_batch_size,
+                                       clips_per_shard=data.encode_clips_per_shard)
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> None:

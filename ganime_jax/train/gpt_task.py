@@ -21,7 +21,7 @@ from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
 from ganime_jax.models.ganime_transformer import LM_PARAMS
 from ganime_jax.models.gpt import DEFAULT_AXIS_RULES
-from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib
+from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib, multihost
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
 from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
@@ -298,7 +298,7 @@ class SampleWriter:
         flat = clips.reshape(-1, *clips.shape[2:])
         reconstructed = np.asarray(self._tokenizer.decode(self._tokenizer.encode(flat)))
         reconstructed = reconstructed.reshape(clips.shape)
-        if jax.process_index() != 0:
+        if not multihost.is_main_process():
             return
         rows = [row for clip in zip(generated, reconstructed, clips) for row in clip]
         writer.image(step, "samples/generated_reconstructed_ground_truth", image_grid(rows))

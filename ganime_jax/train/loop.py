@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from ganime_jax.train import checkpointing
+from ganime_jax.train import checkpointing, multihost
 from ganime_jax.train.summary import METRICS_FILENAME, MetricWriter, read_metrics
 
 
@@ -60,7 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         state, data_state, step = task.init_state(jax.random.key(config.seed)), None, 0
     else:
         state, data_state, step = restored
-        if jax.process_index() == 0:
+        if multihost.is_main_process():
             print(f"resumed from the checkpoint of step {step} in {workdir}", flush=True)
     clock = TrainingClock(workdir, step)
     base_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -68,7 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     batches = task.train_batches(data_state)
     last_metrics: dict = {}
     progress = tqdm(total=config.train.num_steps, initial=step, unit="step",
-                    desc=f"train {config.stage}", disable=jax.process_index() != 0,
+                    desc=f"train {config.stage}", disable=not multihost.is_main_process(),
                     dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), step
     try:

@@ -2,8 +2,9 @@
 import json
 import pathlib
 
-import jax
 import numpy as np
+
+from ganime_jax.train import multihost
 
 METRICS_FILENAME = "metrics.jsonl"
 
@@ -18,7 +19,7 @@ class MetricWriter:
     def __init__(self, workdir: str | pathlib.Path):
         self._writer = None
         self._jsonl = None
-        if jax.process_index() == 0:
+        if multihost.is_main_process():
             from tensorboardX import SummaryWriter
             workdir = pathlib.Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)

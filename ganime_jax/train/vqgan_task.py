@@ -101,7 +101,7 @@ class VQGANTask:
             self.fns, config, mesh, self.state_shardings, disc, perceptual)
             for perceptual in (False, True) for disc in (False, True)}
         self._reconstruct = jax.jit(
-            lambda params, frames: _eval_batch(params, frames, self.lpips_params, fns=self.fns)[0],
+            lambda params, frames: _reconstruction(params, frames, fns=self.fns)[0],
             in_shardings=(self.state_shardings.gen_params, self.replicated),
             out_shardings=self.replicated)
         self._eval_sums = jax.jit(
@@ -193,10 +193,15 @@ class VQGANTask:
         return result
 
 
+def _reconstruction(gen_params, frames, *, fns: vqgan_step.StepFns):
+    """(the VQ-GAN's output clipped to [-1, 1], its aux outputs) for uint8 `frames`."""
+    recon, aux = fns.model.apply({"params": gen_params}, vqgan_step.frames_to_float(frames))
+    return jnp.clip(recon, -1.0, 1.0), aux
+
+
 def _eval_batch(gen_params, frames, lpips_params, *, fns: vqgan_step.StepFns):
     x = vqgan_step.frames_to_float(frames)
-    recon, aux = fns.model.apply({"params": gen_params}, x)
-    recon = jnp.clip(recon, -1.0, 1.0)
+    recon, aux = _reconstruction(gen_params, frames, fns=fns)
     mse = jnp.mean(jnp.square((recon - x) / 2.0), axis=(1, 2, 3))
     stats = {
         "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
