@@ -12,8 +12,9 @@ last frame's keys/values computed once per clip), `full` (the reference's countd
 position: the whole sequence every step), `sequence` (the sequence layout with the same
 window: one frame's block per step against a ring cache), and, with the whole history as
 context, `prefix_history` (the window layout with k = 14: every earlier frame recomputed every
-step) against `sequence_history` (the sequence layout: each frame computed once, cached). Each measurement is `generation.generate_frames` end to end
-(encode the two ends, scan over the 14 in-between frames, decode them), timed after one
+step) against `sequence_history` (the sequence layout: each frame computed once, cached).
+Each measurement is `generation.generate_frames` end to end (encode the two ends, scan over
+the 14 in-between frames, decode them), timed after one
 compiling call; `decode_seconds` times the decode of the 14 x batch frames on its own (in
 calls of `generation.default_decode_batch_size()` frames, as generation does).
 
@@ -21,7 +22,10 @@ The `baseline` entry (batch 1) times the PyTorch port's procedure written with t
 jitted pieces: per frame, encode the previous frame, one transformer forward pass on the full
 sequence, argmax, decode. All measurements of one batch size take turns (median of
 `--repeats` rounds), so their ratios are taken under the same load; the load average is
-reported, as other processes slow every figure down.
+reported, as other processes slow every figure down. `--repeats 0` times each path once, less
+the lowering and compilation that `jax.monitoring` reports during that call (for paths that
+run for many minutes; tracing and first-call costs stay in, about a second more than a
+repeated call on the mini preset).
 """
 import argparse
 import dataclasses
@@ -61,21 +65,51 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _interleaved_seconds(fns: dict[str, Callable[[], Any]],
-                         repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(first call incl. compilation, median of `repeats` further calls) of each function,
-    in seconds; the repeats take turns so that all see the same load."""
-    first, times = {}, {name: [] for name in fns}
+# XLA lowering and compilation, as reported by `jax.monitoring` (tracing is left in the run:
+# nested jits report their tracing inside their caller's).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+class _CompileClock:
+    """Seconds JAX spent lowering and compiling since `reset`."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, seconds: float, **_: Any) -> None:
+        if event in COMPILE_EVENTS:
+            self.seconds += seconds
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+
+
+def _interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int
+                         ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """(first call, compilation within it, run time) of each function, in seconds.
+
+    The run time is the median of `repeats` further calls, which take turns so that all see
+    the same load; with `repeats=0` (for paths that run for many minutes) it is the first
+    call less its compilation.
+    """
+    clock = _CompileClock()
+    first, compile_seconds, times = {}, {}, {name: [] for name in fns}
     for name, fn in fns.items():
+        clock.reset()
         start = time.perf_counter()
         jax.block_until_ready(fn())
         first[name] = time.perf_counter() - start
+        compile_seconds[name] = clock.seconds
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)
-    return first, {name: statistics.median(t) for name, t in times.items()}
+    run = {name: statistics.median(t) if t else first[name] - compile_seconds[name]
+           for name, t in times.items()}
+    return first, compile_seconds, run
 
 
 def make_tokenizer() -> Tokenizer:
@@ -148,7 +182,7 @@ def bench_model(tokenizer: Tokenizer, preset: str, args: argparse.Namespace) -> 
             model, params = models["full"]
             fns[BASELINE] = lambda: port_procedure(tokenizer, model, params, first, last)
         load = _load()
-        first_calls, medians = _interleaved_seconds(fns, args.repeats)
+        first_calls, compile_seconds, medians = _interleaved_seconds(fns, args.repeats)
         loads = [load, _load()]
         decode = medians.pop("decode")
         for path, seconds in medians.items():
@@ -158,7 +192,9 @@ def bench_model(tokenizer: Tokenizer, preset: str, args: argparse.Namespace) -> 
             if path != BASELINE:
                 entry.update(decode_seconds=round(decode, 3),
                              decode_share=round(decode / seconds, 3),
-                             first_call_seconds=round(first_calls[path], 2))
+                             first_call_seconds=round(first_calls[path], 2),
+                             compile_seconds=round(compile_seconds[path], 2),
+                             timed_calls=args.repeats or "first call less compilation")
             results.append({**entry, "load_average_1min": loads})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     return results

@@ -60,6 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
     # > 1: fold p x p pixel patches into channels around the network (pixel shuffle), so no
     # layer runs at full resolution (ours, for CPU budgets; the originals have 1).
     config.model.patch_size = 1
+    # The layer kinds (see ganime_jax/models/layers.py): taming's, which TorchGANime copies.
+    # GANime's TensorFlow VQ-GAN uses "avgpool_conv", "bilinear_conv", unscaled attention and
+    # its own encoder attention counter: configs/vqgan_ganime_tf.py.
+    config.model.downsample = "strided_conv"
+    config.model.upsample = "nearest_conv"
+    config.model.scaled_attention = True
+    config.model.attention_placement = "taming"
     config.model.dtype = "float32"
     config.model.param_dtype = "float32"
 

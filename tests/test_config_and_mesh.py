@@ -61,7 +61,10 @@ def test_warmup_then_cosine_schedule():
 
 @pytest.mark.parametrize("name,grid", [("vqgan_kny", (8, 16)), ("vqgan_demo", (8, 16)),
                                        ("vqgan_tiny", (4, 8)), ("vqgan_moving_mnist", (8, 8)),
-                                       ("vqgan_torchganime", (8, 16))])
+                                       ("vqgan_torchganime", (8, 16)),
+                                       ("vqgan_ganime_tf", (8, 16)),
+                                       ("vqgan_ganime_tf_moving_mnist", (8, 8)),
+                                       ("vqgan_taming_f16", (4, 8))])
 def test_stage1_configs_pass_the_check_and_give_their_token_grid(name, grid):
     import importlib
 
@@ -83,3 +86,54 @@ def test_the_torchganime_preset_keeps_its_own_resolution():
     assert (config.model.resolution, config.data.width, config.model.norm_eps) == (256, 128, 6.1e-5)
     config.data.width = 64  # the frame width no longer drives the attention counter
     assert config.model.resolution == 256
+
+
+def _attention_layout(name: str) -> tuple[dict, dict, bool]:
+    """Per encoder/decoder level of a preset, its AttnBlock names; and whether both middle
+    blocks have one. From the parameter shapes (no compile)."""
+    import importlib
+
+    from ganime_jax.models.vqgan import VQGAN
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    frames = jax.ShapeDtypeStruct((1, config.data.height, config.data.width, 3), np.float32)
+    params = jax.eval_shape(VQGAN(**config.model).init, jax.random.key(0), frames)["params"]
+
+    def levels(part: str) -> dict:
+        return {level: sorted(k for k in blocks if k.startswith("attn"))
+                for level, blocks in params[part].items() if level.startswith(("down", "up"))}
+
+    mid = all("attn_1" in params[part]["mid"] for part in ("encoder", "decoder"))
+    return levels("encoder"), levels("decoder"), mid
+
+
+@pytest.mark.parametrize("name,encoder,decoder", [
+    # GANime's TF code: no attention inside the encoder's levels, two in the decoder's lowest.
+    ("vqgan_ganime_tf", {}, {"up_3": ["attn_0", "attn_1"]}),
+    ("vqgan_ganime_tf_moving_mnist", {}, {"up_3": ["attn_0", "attn_1"]}),
+    # TorchGANime's resolution 256: the middle only.
+    ("vqgan_torchganime", {}, {}),
+    # taming at 16 of 256 over five levels: the lowest, per block.
+    ("vqgan_taming_f16", {"down_4": ["attn_0", "attn_1"]},
+     {"up_4": ["attn_0", "attn_1", "attn_2"]}),
+    # ours at 16 of the frame width 128.
+    ("vqgan_kny", {"down_3": ["attn_0"]}, {"up_3": ["attn_0", "attn_1"]}),
+])
+def test_each_preset_places_attention_where_its_original_does(name, encoder, decoder):
+    enc, dec, mid = _attention_layout(name)
+    assert {level: names for level, names in enc.items() if names} == encoder
+    assert {level: names for level, names in dec.items() if names} == decoder
+    assert mid
+
+
+def test_the_ganime_tf_presets_use_its_layers():
+    from configs import vqgan_ganime_tf, vqgan_ganime_tf_moving_mnist
+    for config in (vqgan_ganime_tf.get_config(), vqgan_ganime_tf_moving_mnist.get_config()):
+        model = config.model
+        assert (model.downsample, model.upsample, model.scaled_attention, model.norm_eps,
+                model.output_tanh, model.resolution) == ("avgpool_conv", "bilinear_conv", False,
+                                                         1e-6, True, 128)
+    mnist = vqgan_ganime_tf_moving_mnist.get_config()
+    assert (mnist.model.channels, tuple(mnist.model.channel_multipliers), mnist.model.z_channels,
+            mnist.model.num_embeddings, mnist.data.width) == (128, (1, 1, 2, 2), 128, 128, 64)
+    assert vqgan_ganime_tf.get_config().model.num_embeddings == 50257

@@ -1,5 +1,6 @@
 """taming/TorchGANime checkpoint conversion: round trip, numerical equality with a PyTorch
-model that has taming's layer names and structure, and checkpoint-file errors."""
+model that has taming's layer names and structure (with taming's layers, or with GANime's
+TensorFlow layers), and checkpoint-file errors."""
 import copy
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.torch_reference import GANIME_TF, TAMING, VQModel
 from ganime_jax.convert.taming import (convert_taming_state_dict, load_taming_checkpoint,
                                        to_taming_state_dict)
 from ganime_jax.errors import UserError
@@ -24,136 +26,10 @@ TINY = dict(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
             num_embeddings=32, norm_groups=4)
 DISC = dict(filters=8, num_layers=2, norm="batch", norm_groups=4)
 FRAME_SHAPE = (2, 16, 32, 3)
-GROUPS, EPS = 4, 1e-6
-
-
-# A small PyTorch VQModel with taming-transformers' module names and structure.
-def _norm(channels):
-    return nn.GroupNorm(GROUPS, channels, eps=EPS)
-
-
-class TorchResnetBlock(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x):
-        h = self.conv1(nn.functional.silu(self.norm1(x)))
-        h = self.conv2(nn.functional.silu(self.norm2(h)))
-        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
-
-
-class TorchAttnBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.norm = _norm(c)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-    def forward(self, x):
-        b, c, hh, ww = x.shape
-        h = self.norm(x)
-        q, k, v = (f(h).reshape(b, c, hh * ww) for f in (self.q, self.k, self.v))
-        w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * c ** -0.5, dim=2)
-        out = torch.einsum("bij,bcj->bci", w, v).reshape(b, c, hh, ww)
-        return x + self.proj_out(out)
-
-
-class TorchResample(nn.Module):
-    def __init__(self, c, down):
-        super().__init__()
-        self.down = down
-        self.conv = nn.Conv2d(c, c, 3, stride=2 if down else 1, padding=0 if down else 1)
-
-    def forward(self, x):
-        if self.down:
-            return self.conv(nn.functional.pad(x, (0, 1, 0, 1)))
-        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-def _level(cin, cout, blocks, attention):
-    level = nn.Module()
-    level.block = nn.ModuleList()
-    level.attn = nn.ModuleList()
-    for _ in range(blocks):
-        level.block.append(TorchResnetBlock(cin, cout))
-        cin = cout
-        if attention:
-            level.attn.append(TorchAttnBlock(cout))
-    return level
-
-
-def _run_level(level, h):
-    for i, block in enumerate(level.block):
-        h = block(h)
-        if len(level.attn):
-            h = level.attn[i](h)
-    return h
-
-
-def _mid(c):
-    mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = TorchResnetBlock(c, c), TorchAttnBlock(c), \
-        TorchResnetBlock(c, c)
-    return mid
-
-
-def _run_mid(mid, h):
-    return mid.block_2(mid.attn_1(mid.block_1(h)))
-
-
-class TorchEncoder(nn.Module):
-    def __init__(self, ch, mults, blocks, attn_res, res, z):
-        super().__init__()
-        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        cin = ch
-        for i, m in enumerate(mults):
-            level = _level(cin, ch * m, blocks, res in attn_res)
-            cin = ch * m
-            if i != len(mults) - 1:
-                level.downsample = TorchResample(cin, down=True)
-                res //= 2
-            self.down.append(level)
-        self.mid = _mid(cin)
-        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, z, 3, padding=1)
-
-    def forward(self, x):
-        h = self.conv_in(x)
-        for level in self.down:
-            h = _run_level(level, h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        h = _run_mid(self.mid, h)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
-
-
-class TorchDecoder(nn.Module):
-    def __init__(self, ch, mults, blocks, attn_res, res, z):
-        super().__init__()
-        cin = ch * mults[-1]
-        res //= 2 ** (len(mults) - 1)
-        self.conv_in = nn.Conv2d(z, cin, 3, padding=1)
-        self.mid = _mid(cin)
-        self.up = nn.ModuleList()
-        for i in reversed(range(len(mults))):
-            level = _level(cin, ch * mults[i], blocks + 1, res in attn_res)
-            cin = ch * mults[i]
-            if i != 0:
-                level.upsample = TorchResample(cin, down=False)
-                res *= 2
-            self.up.insert(0, level)
-        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, 3, 3, padding=1)
-
-    def forward(self, z):
-        h = _run_mid(self.mid, self.conv_in(z))
-        for level in reversed(self.up):
-            h = _run_level(level, h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return torch.tanh(self.conv_out(nn.functional.silu(self.norm_out(h))))
+EPS = 1e-6
+# Our fields for GANime's TF layers (the reference's `layers=GANIME_TF`).
+GANIME_TF_FIELDS = dict(downsample="avgpool_conv", upsample="bilinear_conv",
+                        scaled_attention=False, attention_placement="ganime_tf")
 
 
 class TorchDiscriminator(nn.Module):
@@ -173,31 +49,17 @@ class TorchDiscriminator(nn.Module):
         return self.main(x)
 
 
-class TorchVQModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        args = (TINY["channels"], TINY["channel_multipliers"], TINY["num_res_blocks"],
-                TINY["attention_resolutions"], TINY["resolution"], TINY["z_channels"])
-        self.encoder, self.decoder = TorchEncoder(*args), TorchDecoder(*args)
-        self.quant_conv = nn.Conv2d(TINY["z_channels"], TINY["embedding_dim"], 1)
-        self.post_quant_conv = nn.Conv2d(TINY["embedding_dim"], TINY["z_channels"], 1)
-        self.quantize = nn.Module()
-        self.quantize.embedding = nn.Embedding(TINY["num_embeddings"], TINY["embedding_dim"])
-        self.loss = nn.Module()
-        self.loss.discriminator = TorchDiscriminator(DISC["filters"], DISC["num_layers"])
-
-    def forward(self, x):
-        z = self.quant_conv(self.encoder(x)).permute(0, 2, 3, 1)
-        codes = self.quantize.embedding.weight
-        indices = torch.cdist(z.reshape(-1, z.shape[-1]), codes).argmin(1)
-        quantized = codes[indices].reshape(z.shape).permute(0, 3, 1, 2)
-        return self.decoder(self.post_quant_conv(quantized)), indices.reshape(z.shape[:3])
+def _torch_vqmodel(layers):
+    """bench/torch_reference.py's VQ-GAN at the TINY sizes, plus taming's discriminator."""
+    model = VQModel(**TINY, norm_eps=EPS, output_tanh=True, layers=layers)
+    model.loss = nn.Module()
+    model.loss.discriminator = TorchDiscriminator(DISC["filters"], DISC["num_layers"])
+    return model
 
 
-@pytest.fixture(scope="module")
-def torch_model():
+def _torch_model(layers):
     torch.manual_seed(0)
-    model = TorchVQModel().eval()
+    model = _torch_vqmodel(layers).eval()
     with torch.no_grad():  # non-trivial affine norms, codes and BatchNorm statistics
         for name, param in model.named_parameters():
             if "norm" in name or name.startswith("quantize") or "main.3" in name:
@@ -206,6 +68,11 @@ def torch_model():
         bn.running_mean.normal_(0.0, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
     return model
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    return _torch_model(TAMING)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +121,32 @@ def test_converted_weights_reproduce_the_pytorch_model(torch_model, state_dict, 
     disc_vars = {"params": weights.disc_params, "batch_stats": weights.disc_batch_stats}
     logits = jax.jit(NLayerDiscriminator(**DISC).apply)(disc_vars, frames)
     np.testing.assert_allclose(logits, logits_t.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+
+
+def test_ganime_tf_layers_reproduce_a_pytorch_model_with_them(frames):
+    """GANime's TF layers (average-pool down, bilinear up, unscaled attention, its encoder's
+    attention counter) in taming's module names convert exactly; each of the three layer
+    kinds, set back to taming's, visibly changes the output."""
+    model = _torch_model(GANIME_TF)
+    assert not any(len(level.attn) for level in model.encoder.down)  # its counter never hits 8
+    assert len(model.decoder.up[2].attn) == 2
+    with torch.no_grad():
+        recon_t, indices_t = model(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    recon_t = recon_t.permute(0, 2, 3, 1).numpy()
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params = {"params": convert_taming_state_dict(state).vqgan_params}
+    fields = GANIME_TF_FIELDS
+    recon, aux = jax.jit(VQGAN(**TINY, **fields).apply)(params, frames)
+    np.testing.assert_array_equal(aux["indices"], indices_t.numpy())
+    np.testing.assert_allclose(recon, recon_t, atol=1e-4)
+    # The encoder's kind shows in its latents (the same codes may still be chosen).
+    for field, taming_kind, output in [("downsample", "strided_conv", "encoder_latents"),
+                                       ("upsample", "nearest_conv", "recon"),
+                                       ("scaled_attention", True, "recon")]:
+        wrong = jax.jit(VQGAN(**TINY, **{**fields, field: taming_kind}).apply)(params, frames)
+        right = {"recon": recon, "encoder_latents": aux["encoder_latents"]}[output]
+        changed = wrong[0] if output == "recon" else wrong[1][output]
+        assert np.abs(np.asarray(changed) - np.asarray(right)).max() > 10 * 1e-4, field
 
 
 TORCHGANIME_EPS = 6.1e-5  # the port's Normalize(); taming's is EPS (1e-6)

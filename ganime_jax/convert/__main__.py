@@ -3,15 +3,15 @@
     python -m ganime_jax.convert --from=torchganime --checkpoint=vqgan.ckpt \
         --config=configs/vqgan_torchganime.py --out=workdirs/torchganime_vqgan
     python -m ganime_jax.convert --from=taming --checkpoint=last.ckpt \
-        --config=configs/MY_TAMING_CONFIG.py --out=DIR [--prefix=first_stage_model.]
+        --config=configs/vqgan_taming_f16.py --out=DIR [--prefix=first_stage_model.]
 
 The checkpoint (`.safetensors`, or a torch `.ckpt/.pt` read with weights_only=True) must hold
 taming-transformers' module names (TorchGANime keeps them). Every key and shape is checked
 against the model of `--config` before anything is written; the config must carry the
-original's constants (`model.norm_eps`, `model.output_tanh`: see FROM_SETTINGS). The output
-holds the VQ-GAN's parameters only (no discriminator, no optimiser) and its config, written
-to a temporary folder, read back through the tokenizer loader, then renamed to `--out`; give
-it as `config.tokenizer.workdir` of a stage-2 config.
+original's constants (`model.norm_eps`, `model.output_tanh` and taming's layer kinds: see
+FROM_SETTINGS). The output holds the VQ-GAN's parameters only (no discriminator, no
+optimiser) and its config, written to a temporary folder, read back through the tokenizer
+loader, then renamed to `--out`; give it as `config.tokenizer.workdir` of a stage-2 config.
 """
 import pathlib
 import shutil
@@ -32,9 +32,11 @@ from ganime_jax.train import checkpointing
 from ganime_jax.train.tokenizer import GEN_PARAMS, load_tokenizer
 
 # The constants each original sets that its checkpoint's numbers depend on.
+TAMING_LAYERS = {"downsample": "strided_conv", "upsample": "nearest_conv",
+                 "scaled_attention": True, "attention_placement": "taming"}
 FROM_SETTINGS = {
-    "taming": {"norm_eps": 1e-6, "output_tanh": False},
-    "torchganime": {"norm_eps": 6.1e-5, "output_tanh": False},
+    "taming": {"norm_eps": 1e-6, "output_tanh": False, **TAMING_LAYERS},
+    "torchganime": {"norm_eps": 6.1e-5, "output_tanh": False, **TAMING_LAYERS},
 }
 STEP = 0  # the step the converted checkpoint is saved as
 
@@ -57,10 +59,11 @@ def check_config(config, source: str) -> None:
         raise UserError(f"--config must be a stage-1 (vqgan) config, got stage "
                         f"{config.get('stage')!r}.")
     for field, value in FROM_SETTINGS[source].items():
-        if config.model[field] != value:
+        if config.model.get(field) != value:
             raise UserError(f"{source} checkpoints need model.{field}={value!r}, the config says "
-                            f"{config.model[field]!r}; pass --config.model.{field}={value} (or "
-                            "--config=configs/vqgan_torchganime.py for TorchGANime's vqgan.yaml).")
+                            f"{config.model.get(field)!r}; pass --config.model.{field}={value} (or "
+                            "--config=configs/vqgan_torchganime.py for TorchGANime's vqgan.yaml, "
+                            "configs/vqgan_taming_f16.py for taming's ImageNet f16 model).")
 
 
 def _summary(params: dict) -> str:

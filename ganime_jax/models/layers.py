@@ -3,6 +3,11 @@
 Submodule names mirror the PyTorch layer names (norm1, conv1, nin_shortcut, q, k, v, proj_out,
 conv) so that `ganime_jax.convert.taming` is a pure name/layout mapping. Normalisation and the
 attention softmax run in float32 whatever the compute dtype.
+
+GANime's TensorFlow VQ-GAN differs from taming in three layers, each a field here: it
+downsamples by 2x2 average pooling then a 3x3 conv (`Downsample.kind`), upsamples bilinearly
+then applies a 3x3 conv (`Upsample.kind`), and its attention (Keras' `layers.Attention`
+defaults) does not scale the scores by 1/sqrt(channels) (`AttnBlock.scaled`).
 """
 from typing import Any, Callable
 
@@ -110,6 +115,7 @@ class AttnBlock(nn.Module):
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
     norm_eps: float = GROUP_NORM_EPS
+    scaled: bool = True  # scores times 1/sqrt(channels) (taming); False: GANime's TF layers
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -123,22 +129,61 @@ class AttnBlock(nn.Module):
         h = h.reshape(batch, height * width, channels)
         q, k, v = project("q", h), project("k", h), project("v", h)
         scores = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(scores * channels ** -0.5, axis=-1).astype(self.dtype)
+        if self.scaled:
+            scores = scores * channels ** -0.5
+        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bqk,bkc->bqc", weights, v)
         out = project("proj_out", out).reshape(x.shape)
         return x.astype(self.dtype) + out
 
 
+DOWNSAMPLE_KINDS = ("strided_conv", "avgpool_conv")
+UPSAMPLE_KINDS = ("nearest_conv", "bilinear_conv")
+
+
+def check_kind(field: str, kind: str, kinds: tuple[str, ...]) -> None:
+    if kind not in kinds:
+        raise UserError(f"model.{field}={kind!r} is not a known kind: use one of "
+                        f"{', '.join(map(repr, kinds))}")
+
+
 class Downsample(nn.Module):
-    """taming's asymmetric pad (0 before, 1 after, on H and W) then a 3x3 stride-2 conv."""
+    """Halves H and W. kind "strided_conv" (taming): an asymmetric pad (0 before, 1 after, on H
+    and W) then a 3x3 stride-2 conv; "avgpool_conv" (GANime's TF): 2x2 average pooling, then a
+    3x3 "same" conv."""
     channels: int
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    kind: str = "strided_conv"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_kind("downsample", self.kind, DOWNSAMPLE_KINDS)
+        if self.kind == "avgpool_conv":
+            pooled = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            return conv(self.channels, 3, "conv", self.dtype, self.param_dtype)(pooled)
         return conv(self.channels, 3, "conv", self.dtype, self.param_dtype, strides=2,
                     padding=((0, 1), (0, 1)))(x)
+
+
+def bilinear_upsample(x: jax.Array) -> jax.Array:
+    """x2 bilinear upsampling of (B, H, W, C), half-pixel centres, edges clamped: TF's
+    `UpSampling2D(interpolation="bilinear")` and PyTorch's `align_corners=False`.
+
+    Output row 2i is 0.25 x[i-1] + 0.75 x[i] and row 2i+1 is 0.75 x[i] + 0.25 x[i+1] (the
+    same along W), with x[-1] = x[0] and x[H] = x[H-1].
+    """
+    for axis in (1, 2):
+        size = x.shape[axis]
+        before = jnp.concatenate([jax.lax.slice_in_dim(x, 0, 1, axis=axis),
+                                  jax.lax.slice_in_dim(x, 0, size - 1, axis=axis)], axis=axis)
+        after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, size, axis=axis),
+                                 jax.lax.slice_in_dim(x, size - 1, size, axis=axis)], axis=axis)
+        even, odd = 0.25 * before + 0.75 * x, 0.75 * x + 0.25 * after
+        shape = list(x.shape)
+        shape[axis] = 2 * size
+        x = jnp.stack([even, odd], axis=axis + 1).reshape(shape)
+    return x
 
 
 # Nearest x2 then a 3x3 conv equals, for each output parity p (per axis), a 2-tap conv on the
@@ -169,17 +214,28 @@ class ConvParams(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then a 3x3 conv (params conv/kernel, conv/bias as in taming),
-    computed as four 2x2 convs on the low-resolution input, interleaved."""
+    """Doubles H and W, then a 3x3 conv (params conv/kernel, conv/bias as in taming).
+
+    kind "nearest_conv" (taming): nearest-neighbour x2, computed as four 2x2 convs on the
+    low-resolution input, interleaved; "bilinear_conv" (GANime's TF): `bilinear_upsample`,
+    then the conv at full resolution.
+    """
     channels: int
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    kind: str = "nearest_conv"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_kind("upsample", self.kind, UPSAMPLE_KINDS)
         batch, height, width, _ = x.shape
         kernel, bias = ConvParams(self.channels, 3, self.param_dtype, name="conv")(x.shape[-1])
         x = x.astype(self.dtype)
+        if self.kind == "bilinear_conv":
+            out = jax.lax.conv_general_dilated(
+                bilinear_upsample(x), kernel.astype(self.dtype), (1, 1), ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return out + bias.astype(self.dtype)
         rows = []
         for row_parity in range(2):
             row_kernel = _parity_kernel(kernel, 0, row_parity)

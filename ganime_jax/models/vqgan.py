@@ -8,8 +8,10 @@ Attention placement follows taming: a nominal `resolution` is halved at each dow
 AttnBlock follows every ResnetBlock of a level whose nominal resolution is in
 `attention_resolutions` (plus the one in `mid`). The input's true size plays no part, so the
 layer set (and checkpoint compatibility) depends on the config only. For GANime's 64x128 frames
-`resolution` is the width, 128: attention at 16 then sits at the lowest (8x16) level, as in
-the original implementations.
+`resolution` is the width, 128: attention at 16 then sits at the lowest (8x16) level.
+`attention_placement="ganime_tf"` follows GANime's TensorFlow encoder instead, which halves its
+counter only after adding an attention block (`encoder_attention`); its decoder counts as
+taming's does.
 
 Parameter paths mirror the PyTorch names (encoder/down_0/block_0/norm1, decoder/up_3/attn_1/q,
 encoder/mid/attn_1, quantize/embedding, ...); see `ganime_jax.convert.taming`.
@@ -21,11 +23,35 @@ import jax
 import jax.numpy as jnp
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.layers import (GROUP_NORM_EPS, AttnBlock, Downsample, GroupNorm,
-                                      ResnetBlock, Upsample, canonical_dtype, conv)
+from ganime_jax.models.layers import (DOWNSAMPLE_KINDS, GROUP_NORM_EPS, UPSAMPLE_KINDS,
+                                      AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
+                                      canonical_dtype, check_kind, conv)
 from ganime_jax.models.quantizer import VectorQuantizer, codebook_stats
 
 OUTPUT_LAYER = ("decoder", "conv_out")  # params path of the layer taming's adaptive weight uses
+ATTENTION_PLACEMENTS = ("taming", "ganime_tf")
+
+
+def encoder_attention(resolution: int, attention_resolutions: Sequence[int], num_levels: int,
+                      num_blocks: int, placement: str) -> list[tuple[bool, ...]]:
+    """Per encoder level, whether an AttnBlock follows each of its ResnetBlocks.
+
+    "taming": the nominal resolution halves at each downsampling. "ganime_tf": GANime's
+    TensorFlow encoder halves it only right after adding an attention block, never at a
+    downsampling, so with its configs (resolution 128, attention at 16) no level has one.
+    """
+    check_kind("attention_placement", placement, ATTENTION_PLACEMENTS)
+    levels, current = [], resolution
+    for level in range(num_levels):
+        flags = []
+        for _ in range(num_blocks):
+            flags.append(current in attention_resolutions)
+            if placement == "ganime_tf" and flags[-1]:
+                current //= 2
+        levels.append(tuple(flags))
+        if placement == "taming" and level != num_levels - 1:
+            current //= 2
+    return levels
 
 
 class MidBlock(nn.Module):
@@ -35,42 +61,46 @@ class MidBlock(nn.Module):
     dtype: Any
     param_dtype: Any
     norm_eps: float = GROUP_NORM_EPS
+    scaled_attention: bool = True
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool) -> jax.Array:
         channels = h.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, norm_eps=self.norm_eps)
         h = ResnetBlock(channels, self.num_groups, self.dropout, name="block_1", **kw)(h, train)
-        h = AttnBlock(self.num_groups, name="attn_1", **kw)(h)
+        h = AttnBlock(self.num_groups, name="attn_1", scaled=self.scaled_attention, **kw)(h)
         return ResnetBlock(channels, self.num_groups, self.dropout, name="block_2", **kw)(h, train)
 
 
 class Level(nn.Module):
-    """One resolution level: blocks (each followed by an AttnBlock if `attention`), then an
-    optional `downsample` (encoder) or `upsample` (decoder)."""
+    """One resolution level: a ResnetBlock per entry of `attention` (followed by an AttnBlock
+    where the entry is True), then an optional `downsample` (encoder) or `upsample` (decoder)
+    of kind `resample_kind`."""
     out_channels: int
-    num_blocks: int
-    attention: bool
+    attention: Sequence[bool]
     resample: str  # "downsample", "upsample" or "" (none)
     num_groups: int
     dropout: float
     dtype: Any
     param_dtype: Any
     norm_eps: float = GROUP_NORM_EPS
+    resample_kind: str = ""
+    scaled_attention: bool = True
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(kw, norm_eps=self.norm_eps)
-        for i in range(self.num_blocks):
+        for i, attention in enumerate(self.attention):
             h = ResnetBlock(self.out_channels, self.num_groups, self.dropout, name=f"block_{i}",
                             **norm)(h, train)
-            if self.attention:
-                h = AttnBlock(self.num_groups, name=f"attn_{i}", **norm)(h)
+            if attention:
+                h = AttnBlock(self.num_groups, name=f"attn_{i}", scaled=self.scaled_attention,
+                              **norm)(h)
         if self.resample == "downsample":
-            h = Downsample(self.out_channels, name="downsample", **kw)(h)
+            h = Downsample(self.out_channels, name="downsample", kind=self.resample_kind, **kw)(h)
         elif self.resample == "upsample":
-            h = Upsample(self.out_channels, name="upsample", **kw)(h)
+            h = Upsample(self.out_channels, name="upsample", kind=self.resample_kind, **kw)(h)
         return h
 
 
@@ -102,24 +132,26 @@ class Encoder(nn.Module):
     param_dtype: Any
     patch_size: int = 1
     norm_eps: float = GROUP_NORM_EPS
+    scaled_attention: bool = True
+    downsample: str = "strided_conv"
+    attention_placement: str = "taming"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = dict(norm_eps=self.norm_eps, scaled_attention=self.scaled_attention)
         num_levels = len(self.channel_multipliers)
         if self.patch_size > 1:
             x = space_to_depth(x, self.patch_size)
         h = conv(self.channels, 3, "conv_in", **kw)(x.astype(self.dtype))
-        current = self.resolution
+        attention = encoder_attention(self.resolution, self.attention_resolutions, num_levels,
+                                      self.num_res_blocks, self.attention_placement)
         for i, mult in enumerate(self.channel_multipliers):
             last = i == num_levels - 1
-            h = Level(self.channels * mult, self.num_res_blocks,
-                      current in self.attention_resolutions, "" if last else "downsample",
-                      self.num_groups, self.dropout, name=f"down_{i}", norm_eps=self.norm_eps,
-                      **kw)(h, train)
-            current = current if last else current // 2
-        h = MidBlock(self.num_groups, self.dropout, name="mid", norm_eps=self.norm_eps,
-                     **kw)(h, train)
+            h = Level(self.channels * mult, attention[i], "" if last else "downsample",
+                      self.num_groups, self.dropout, name=f"down_{i}",
+                      resample_kind=self.downsample, **attn, **kw)(h, train)
+        h = MidBlock(self.num_groups, self.dropout, name="mid", **attn, **kw)(h, train)
         h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm_out")(h))
         return conv(self.z_channels, 3, "conv_out", **kw)(h)
 
@@ -138,22 +170,25 @@ class Decoder(nn.Module):
     param_dtype: Any
     patch_size: int = 1
     norm_eps: float = GROUP_NORM_EPS
+    scaled_attention: bool = True
+    upsample: str = "nearest_conv"
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        attn = dict(norm_eps=self.norm_eps, scaled_attention=self.scaled_attention)
         mults = tuple(self.channel_multipliers)
         num_levels = len(mults)
         self.conv_in = conv(self.channels * mults[-1], 3, None, **kw)
-        self.mid = MidBlock(self.num_groups, self.dropout, norm_eps=self.norm_eps, **kw)
+        self.mid = MidBlock(self.num_groups, self.dropout, **attn, **kw)
         # `up` is indexed by level (0 = full resolution) like taming's decoder.up; it runs
         # from the last level to the first.
         levels = []
         current = self.resolution // 2 ** (num_levels - 1)
         for i in reversed(range(num_levels)):
-            levels.append(Level(self.channels * mults[i], self.num_res_blocks + 1,
-                                current in self.attention_resolutions,
-                                "upsample" if i else "", self.num_groups, self.dropout,
-                                norm_eps=self.norm_eps, **kw))
+            attention = (current in self.attention_resolutions,) * (self.num_res_blocks + 1)
+            levels.append(Level(self.channels * mults[i], attention, "upsample" if i else "",
+                                self.num_groups, self.dropout, resample_kind=self.upsample,
+                                **attn, **kw))
             current = current * 2 if i else current
         self.up = levels[::-1]
         self.norm_out = GroupNorm(self.num_groups, self.norm_eps, self.dtype)
@@ -179,7 +214,8 @@ class VQGAN(nn.Module):
 
     in_channels/out_channels: image channels. channels: base width; level i has
     channels * channel_multipliers[i] channels. num_res_blocks: ResnetBlocks per encoder level
-    (decoder levels have one more). attention_resolutions, resolution: see the module docstring.
+    (decoder levels have one more). attention_resolutions, resolution, attention_placement
+    ("taming" or "ganime_tf"): see the module docstring.
     z_channels: encoder output / decoder input width. num_embeddings x embedding_dim: codebook.
     beta, legacy_loss, l2_normalize_codes, lookup_dim: see `quantizer`. norm_groups: GroupNorm
     groups (taming: 32). norm_eps: GroupNorm epsilon (taming and GANime: 1e-6; TorchGANime's
@@ -187,7 +223,10 @@ class VQGAN(nn.Module):
     implementations do; taming does not). patch_size: > 1 folds each p x p pixel patch into
     channels before the encoder's first conv and unfolds the decoder's last conv (a pixel
     shuffle), so no layer runs at full resolution; the token grid is then (H, W) /
-    (p * 2^(levels-1)). 1 is taming's layout. dtype: compute dtype ("float32" or "bfloat16");
+    (p * 2^(levels-1)). 1 is taming's layout. downsample ("strided_conv" or "avgpool_conv"),
+    upsample ("nearest_conv" or "bilinear_conv"), scaled_attention: taming's layers, or
+    (avgpool_conv, bilinear_conv, False) GANime's TensorFlow ones; see `layers`. dtype:
+    compute dtype ("float32" or "bfloat16");
     parameters, GroupNorm and the quantiser stay float32.
     """
     in_channels: int = 3
@@ -209,27 +248,36 @@ class VQGAN(nn.Module):
     norm_eps: float = GROUP_NORM_EPS
     output_tanh: bool = True
     patch_size: int = 1
+    downsample: str = "strided_conv"
+    upsample: str = "nearest_conv"
+    scaled_attention: bool = True
+    attention_placement: str = "taming"
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
     def setup(self):
         if not self.channel_multipliers:
             raise UserError("`channel_multipliers` is empty: give one multiplier per level")
+        check_kind("downsample", self.downsample, DOWNSAMPLE_KINDS)
+        check_kind("upsample", self.upsample, UPSAMPLE_KINDS)
+        check_kind("attention_placement", self.attention_placement, ATTENTION_PLACEMENTS)
         compute, params = canonical_dtype(self.dtype), canonical_dtype(self.param_dtype)
         shared = dict(channels=self.channels, channel_multipliers=tuple(self.channel_multipliers),
                       num_res_blocks=self.num_res_blocks,
                       attention_resolutions=tuple(self.attention_resolutions),
                       resolution=self.resolution, dropout=self.dropout,
                       num_groups=self.norm_groups, dtype=compute, param_dtype=params,
-                      patch_size=self.patch_size, norm_eps=self.norm_eps)
-        self.encoder = Encoder(z_channels=self.z_channels, **shared)
+                      patch_size=self.patch_size, norm_eps=self.norm_eps,
+                      scaled_attention=self.scaled_attention)
+        self.encoder = Encoder(z_channels=self.z_channels, downsample=self.downsample,
+                               attention_placement=self.attention_placement, **shared)
         self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
         self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,
                                         self.legacy_loss, self.l2_normalize_codes,
                                         self.lookup_dim)
         self.post_quant_conv = conv(self.z_channels, 1, None, compute, params)
         self.decoder = Decoder(out_channels=self.out_channels, output_tanh=self.output_tanh,
-                               **shared)
+                               upsample=self.upsample, **shared)
 
     @property
     def downsampling_factor(self) -> int:

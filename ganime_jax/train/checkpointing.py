@@ -33,7 +33,9 @@ DAMAGE_DETAIL_CHARS = 200  # of the underlying error, in the one-line message
 ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
 # Architecture fields added after checkpoints had been written, with the value those older
 # checkpoints (whose saved configs lack the field) were trained with.
-LATER_FIELDS = {"model.patch_size": 1, "model.norm_eps": 1e-6}
+LATER_FIELDS = {"model.patch_size": 1, "model.norm_eps": 1e-6,
+                "model.downsample": "strided_conv", "model.upsample": "nearest_conv",
+                "model.scaled_attention": True, "model.attention_placement": "taming"}
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
