@@ -31,8 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.layout = "sequence"
     # n_positions: positions inside a frame only (the sequence layout's frame index is its own
     # embedding).
-    config.model.gpt = gpt_kny.gpt_fields("mini", vocab_size=2048, n_positions=128, n_embd=128,
-                                          n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
+    config.model.gpt = gpt_kny.gpt_fields(vocab_size=2048, n_positions=128, n_embd=128,
+                                          n_layer=4, n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
                                           resid_pdrop=0.0)
     config.model.n_frames_before = 3
     config.optimizer.update(lr=1e-3, init_lr=1e-4, grad_accum_steps=1)

@@ -12,17 +12,17 @@ built from them on first use (or by `python -m data_prep.tokens ...`):
 """
 import ml_collections
 
-from ganime_jax.models.gpt import gpt_preset
-
 CLIPS_PER_EPOCH = 28_213
 EPOCHS = 500
 GROUND_TRUTH_EPOCHS = 200
 
 
-def gpt_fields(preset: str, **overrides) -> ml_collections.ConfigDict:
-    """Every GPT2Config field: the preset's sizes, GPT-2's dropout, and compute knobs."""
+def gpt_fields(*, vocab_size: int, n_positions: int, n_embd: int, n_layer: int, n_head: int,
+               **overrides) -> ml_collections.ConfigDict:
+    """Every GPT2Config field: the given sizes, GPT-2's dropout, and compute knobs."""
     fields = dict(
-        gpt_preset(preset), n_inner=0, layer_norm_epsilon=1e-5, embd_pdrop=0.1, attn_pdrop=0.1,
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        n_head=n_head, n_inner=0, layer_norm_epsilon=1e-5, embd_pdrop=0.1, attn_pdrop=0.1,
         resid_pdrop=0.1, tie_word_embeddings=True, initializer_range=0.02, dtype="float32",
         param_dtype="float32", remat="", scan_layers=False)
     fields.update(overrides)
@@ -59,8 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     # block-causal pass (ganime_jax/models/frame_sequence.py), n_frames_before then being the
     # attention window (0: the whole history). See the README's "Stage-2 layouts".
     config.model.layout = "window"
-    config.model.gpt = gpt_fields("gpt2-medium", vocab_size=1024, dtype="bfloat16",
-                                  remat="nothing_saveable")
+    # gpt2-medium's sizes (`ganime_jax.models.gpt.gpt_preset`) over the 1024 codes.
+    config.model.gpt = gpt_fields(vocab_size=1024, n_positions=1024, n_embd=1024, n_layer=24,
+                                  n_head=16, dtype="bfloat16", remat="nothing_saveable")
     config.model.frame_tokens = 128
     config.model.n_frames_before = 5
     config.model.max_frames = config.data.get_ref("max_frames")

@@ -16,8 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.encode_batch_size = 16
     config.data.encode_clips_per_shard = 4
     # vqgan_tiny: 16x32 frames -> a 4x8 grid of 32 codes.
-    config.model.gpt = gpt_kny.gpt_fields("tiny", vocab_size=32, n_positions=96, n_embd=32,
-                                          n_layer=2, n_head=2)
+    config.model.gpt = gpt_kny.gpt_fields(vocab_size=32, n_positions=96, n_embd=32, n_layer=2,
+                                          n_head=2)
     config.model.frame_tokens = 32
     config.model.n_frames_before = 2
     config.optimizer.update(lr=1e-3, init_lr=1e-4, grad_accum_steps=1)

@@ -137,3 +137,24 @@ def test_the_ganime_tf_presets_use_its_layers():
     assert (mnist.model.channels, tuple(mnist.model.channel_multipliers), mnist.model.z_channels,
             mnist.model.num_embeddings, mnist.data.width) == (128, (1, 1, 2, 2), 128, 128, 64)
     assert vqgan_ganime_tf.get_config().model.num_embeddings == 50257
+
+
+def test_the_reference_gpt_has_gpt2_mediums_sizes():
+    """Configs import no library code, so gpt_kny writes gpt2-medium's sizes out itself."""
+    from configs import gpt_kny
+    from ganime_jax.models.gpt import gpt_preset
+    gpt = gpt_kny.get_config().model.gpt
+    assert {k: gpt[k] for k in gpt_preset("gpt2-medium")} == {**gpt_preset("gpt2-medium"),
+                                                               "vocab_size": 1024}
+
+
+def test_configs_import_only_ml_collections_and_configs():
+    import ast
+    import pathlib
+    for path in sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert imported <= {"ml_collections", "configs"}, (path, imported)
