@@ -1,8 +1,8 @@
 """What `main.py` does between parsing flags and the library: load, check, dispatch."""
 import dataclasses
-import importlib
 import pathlib
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -10,10 +10,6 @@ from absl import app, flags
 
 from ganime_jax import config_check, writable
 from ganime_jax.errors import UserError, exit_on_user_error, fail
-
-# The complete reference config of each stage: every config of that stage has its fields.
-REFERENCE_CONFIGS = {"vqgan": "configs.vqgan_kny", "gpt": "configs.gpt_kny"}
-
 
 def config_error(error: BaseException) -> str:
     """One line out of the multi-line, quoted messages that config loading raises."""
@@ -49,18 +45,24 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"cannot load the config: {config_error(error)}")
 
 
-def load_config(config_flag: Any, filename: str) -> ml_collections.ConfigDict:
-    """The parsed `--config` with overrides applied, checked against its stage's reference."""
+def load_config(config_flag: Any, filename: str,
+                references: Mapping[str, types.ModuleType]) -> ml_collections.ConfigDict:
+    """The parsed `--config` with overrides applied, checked against its stage's reference.
+
+    references: per `config.stage`, the config module whose `get_config()` has every field a
+    config of that stage must have (main.py passes configs/vqgan_kny.py and gpt_kny.py; the
+    library imports no config).
+    """
     try:
         config = config_flag.value
         stage = config.get("stage")
     except (OSError, AttributeError, KeyError, SyntaxError, ImportError) as error:
         raise UserError(f"cannot load the config file {filename}: {config_error(error)}") from None
-    if stage not in REFERENCE_CONFIGS:
-        raise UserError(f"config.stage is {stage!r}; expected one of {sorted(REFERENCE_CONFIGS)}.")
-    reference_module = REFERENCE_CONFIGS[stage]
-    reference = importlib.import_module(reference_module).get_config()
-    config_check.check_fields(config, reference, reference_module.replace(".", "/") + ".py")
+    if stage not in references:
+        raise UserError(f"config.stage is {stage!r}; expected one of {sorted(references)}.")
+    module = references[stage]
+    config_check.check_fields(config, module.get_config(),
+                              module.__name__.replace(".", "/") + ".py")
     return config
 
 
@@ -79,16 +81,16 @@ class Run:
 
 
 def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir: str | None,
-                first: str | None, last: str | None,
-                bundle_overrides: Sequence[str] = ()) -> Run:
+                first: str | None, last: str | None, bundle_overrides: Sequence[str] = (),
+                references: Mapping[str, types.ModuleType] | None = None) -> Run:
     """The run that the flags name (`config_flag`: absl's `--config` flag object).
 
     `--mode=sample`, `eval` or `demo` with neither --config nor --workdir runs an inference
     bundle (`bundle_dir`, default `bundle.DEMO_BUNDLE`): its GPT config and workdir, for sample
     and demo its example frames unless --first/--last are given; eval takes `bundle_overrides`
     (`--config.evaluate.*` / `--config.sample.*` arguments) and writes outside the bundle.
-    Otherwise `--config` (default: main.py's) is loaded and the workdir defaults to
-    workdirs/<config file name>.
+    Otherwise `--config` (default: main.py's) is loaded and checked against `references`
+    (see `load_config`), and the workdir defaults to workdirs/<config file name>.
     """
     if mode in ("sample", "eval", "demo") and not config_flag.present and workdir is None:
         from ganime_jax import bundle
@@ -109,7 +111,7 @@ def resolve_run(mode: str, config_flag: Any, *, workdir: str | None, bundle_dir:
         raise UserError("--bundle only applies to --mode=sample, eval and demo without "
                         "--config and --workdir.")
     filename = config_flag.config_filename
-    config = load_config(config_flag, filename)
+    config = load_config(config_flag, filename, references or {})
     return Run(config, workdir or default_workdir(filename), first, last)
 
 

@@ -146,15 +146,3 @@ def test_the_reference_gpt_has_gpt2_mediums_sizes():
     gpt = gpt_kny.get_config().model.gpt
     assert {k: gpt[k] for k in gpt_preset("gpt2-medium")} == {**gpt_preset("gpt2-medium"),
                                                                "vocab_size": 1024}
-
-
-def test_configs_import_only_ml_collections_and_configs():
-    import ast
-    import pathlib
-    for path in sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")):
-        tree = ast.parse(path.read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                    if isinstance(node, ast.Import) for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}
-        assert imported <= {"ml_collections", "configs"}, (path, imported)

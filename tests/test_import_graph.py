@@ -1,5 +1,5 @@
-"""The project's import graph keeps its shape: no cycle between modules, and the library never
-imports the command-line wrappers in `data_prep/`.
+"""The project's import graph keeps its shape: no cycle between modules, the library never
+imports the command-line wrappers in `data_prep/` or the configs, and configs are leaves.
 
 Read from the source (every `import` statement, including those inside functions), so nothing
 is imported to check it.
@@ -82,10 +82,20 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_the_library_never_imports_data_prep():
+def test_the_library_never_imports_data_prep_or_configs():
     graph = _import_graph()
     upward = {(module, target) for module, targets in graph.items()
               if module.startswith("ganime_jax") for target in targets
-              if target.split(".")[0] == "data_prep"}
+              if target.split(".")[0] in ("data_prep", "configs")}
     assert upward == set()
     assert graph["data_prep.tokens"] & {"ganime_jax.train.token_dataset"}  # the graph is read
+
+
+def test_configs_import_only_ml_collections_and_other_configs():
+    for path in sorted((REPO / "configs").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert imported <= {"ml_collections", "configs"}, (path.name, imported)
