@@ -20,7 +20,6 @@ are faster). Workloads:
 The CPU's model name and its vector extensions come from /proc/cpuinfo.
 """
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,6 +37,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_generation import NUM_FRAMES, make_transformer  # noqa: E402
+from bench.bench_vqgan_train import _load_config  # noqa: E402
 from bench.torch_reference import port_generate, vqmodel_from_config  # noqa: E402
 from ganime_jax import generation  # noqa: E402
 from ganime_jax.convert.taming import convert_taming_state_dict  # noqa: E402
@@ -56,13 +56,6 @@ def cpu() -> dict[str, Any]:
     flags = set(fields.get("flags", "").split())
     return {"model_name": fields.get("model name", "unknown"), "cpu_count": os.cpu_count(),
             "extensions": [f for f in CPU_FLAGS if f in flags]}
-
-
-def load_config(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def time_in_turns(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -145,7 +138,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    config = load_config(args.config)
+    config = _load_config(args.config)
     vq = vqmodel_from_config(config.model)
     state = {k: v.numpy() for k, v in vq.state_dict().items()}
     params = jax.tree.map(jnp.asarray, convert_taming_state_dict(state).vqgan_params)
