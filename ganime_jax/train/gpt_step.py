@@ -163,7 +163,10 @@ def _micro_batches(x: jax.Array, count: int) -> jax.Array:
 
 def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
                grad_accum_steps: int, own_predictions: bool) -> tuple[GPTState, dict]:
-    """One AdamW update from the batch {"tokens": (B, M, hw), "n_frames": (B,)}."""
+    """One AdamW update from the batch {"tokens": (B, M, hw), "n_frames": (B,)}.
+
+    `rng`: the run's base key; this step's key folds in `state.step`."""
+    rng = jax.random.fold_in(rng, state.step)
     tokens = batch["tokens"].astype(jnp.int32)
     n_frames = batch["n_frames"].astype(jnp.int32)
     total = jnp.maximum(jnp.sum(conditioning.valid_targets(n_frames, tokens.shape[1]))

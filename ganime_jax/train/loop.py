@@ -30,7 +30,9 @@ class Task(Protocol):
         """Global batches on the mesh, each with the iterator state after it was taken."""
 
     def train_step(self, state: Any, batch: dict, rng: jax.Array, step: int) -> tuple[Any, dict]:
-        """One optimisation step (jit-compiled inside); `step` is the host-side step count."""
+        """One optimisation step (jit-compiled inside). `rng` is the run's base key, the same
+        every step: the step folds in its state's step count. `step` is the host-side count
+        (it picks the compiled variant of a training phase)."""
 
     def periodic(self, state: Any, step: int, writer: MetricWriter, last_batch: dict,
                  clock: "TrainingClock") -> None:
@@ -74,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     try:
         while step < config.train.num_steps:
             batch, data_state = next(batches)
-            state, metrics = task.train_step(state, batch, jax.random.fold_in(base_rng, step), step)
+            state, metrics = task.train_step(state, batch, base_rng, step)
             step += 1
             progress.update(1)
             if step % config.train.log_every == 0 or step == config.train.num_steps:

@@ -74,10 +74,11 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     """One generator update and, once the discriminator is on, one discriminator update.
 
     `use_disc`/`use_perceptual` pick the compiled variant of the training phase (see
-    `loss.disc_start` and `loss.perceptual_start`)."""
+    `loss.disc_start` and `loss.perceptual_start`). `rng`: the run's base key; this step's key
+    folds in `state.step`, so a resumed run draws the keys an uninterrupted one would."""
     loss_cfg, codebook_cfg = config.loss, config.codebook
     x = frames_to_float(batch["frames"])
-    dropout_rng, restart_rng = jax.random.split(rng)
+    dropout_rng, restart_rng = jax.random.split(jax.random.fold_in(rng, state.step))
 
     def generator(gen_params):
         recon, aux = fns.model.apply({"params": gen_params}, x, train=True,
