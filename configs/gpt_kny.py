@@ -135,4 +135,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1
+    # Logical axis -> mesh axes (Flax rules). The batch takes both mesh axes (every device sees
+    # its own examples); "embed" is claimed by the batch first on activations, so it is split
+    # over `fsdp` on parameters only: fully sharded data parallelism.
+    config.mesh.axis_rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("vocab", None),
+                              ("mlp", None), ("heads", None), ("kv", None), ("length", None),
+                              ("layers", None))
     return config

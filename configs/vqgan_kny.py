@@ -127,4 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1
+    # Logical axis -> mesh axes (Flax rules): "features", the output axis of every kernel and
+    # of the codebook, is split over `fsdp` (FSDP); the batch always takes both mesh axes.
+    config.mesh.axis_rules = (("features", "fsdp"),)
     return config

@@ -146,3 +146,26 @@ def test_the_reference_gpt_has_gpt2_mediums_sizes():
     gpt = gpt_kny.get_config().model.gpt
     assert {k: gpt[k] for k in gpt_preset("gpt2-medium")} == {**gpt_preset("gpt2-medium"),
                                                                "vocab_size": 1024}
+
+
+def test_axis_rules_come_from_the_config_and_drive_stage1_sharding():
+    import json
+
+    from configs import gpt_kny
+    from ganime_jax.train import vqgan_task
+    rules = mesh_lib.axis_rules(vqgan_kny.get_config().mesh)
+    assert rules == (("features", "fsdp"),)
+    saved = ml_collections.ConfigDict(json.loads(json.dumps(gpt_kny.get_config().mesh.to_dict())))
+    assert mesh_lib.axis_rules(saved)[0] == ("batch", ("data", "fsdp"))  # lists read back
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 2}),
+                              devices=jax.devices()[:8])
+    tree = {"kernel": jax.ShapeDtypeStruct((3, 3, 4, 8), np.float32),
+            "bias": jax.ShapeDtypeStruct((8,), np.float32)}
+    split = vqgan_task.state_shardings(tree, mesh, rules)
+    assert split["kernel"].spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert split["bias"].spec == jax.sharding.PartitionSpec()
+    whole = vqgan_task.state_shardings(tree, mesh, (("features", None),))
+    assert whole["kernel"].spec in (jax.sharding.PartitionSpec(),
+                                    jax.sharding.PartitionSpec(None, None, None, None))
+    with pytest.raises(UserError, match="mesh axis 'model'"):
+        mesh_lib.axis_rules(ml_collections.ConfigDict({"axis_rules": (("embed", "model"),)}))

@@ -17,8 +17,9 @@ from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.errors import UserError
 from ganime_jax.models.ganime_transformer import (
     LM_PARAMS, GANimeTransformer, ganime_transformer_from_config)
-from ganime_jax.models.gpt import (
-    DEFAULT_AXIS_RULES, GPT2Config, GPT2LM, causal_mask, explicit_attention, gpt_preset)
+from ganime_jax.models.gpt import (GPT2Config, GPT2LM, causal_mask, explicit_attention,
+                                   gpt_preset)
+from ganime_jax.train import mesh as mesh_lib
 
 VOCAB, WIDTH, LAYERS, HEADS, POSITIONS = 128, 64, 2, 4, 64
 BATCH, LENGTH = 8, 24  # 8 rows: one per fake device in the sharded test
@@ -309,10 +310,11 @@ def test_sharded_init_follows_axis_rules(hf_untied, tokens):
     def init(rng):
         return model.init(rng, tokens)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_AXIS_RULES):
+    from configs import gpt_kny
+    rules = mesh_lib.axis_rules(gpt_kny.get_config().mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(init, _init_key())
-        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh,
-                                                DEFAULT_AXIS_RULES)
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
         params = jax.jit(init, out_shardings=shardings)(_init_key())["params"]
         params = overlay_params(params, loaded)
         # "embed" (width 64) is split 4 ways over fsdp; everything else is whole.

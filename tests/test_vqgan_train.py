@@ -50,7 +50,7 @@ def test_fsdp_shards_kernels_and_codebook_and_replicates_the_rest(setup):
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 2}))
     abstract = jax.eval_shape(lambda key: vqgan_step.init_state(
         key, fns, frames.shape[1:], config.model.num_embeddings), jax.random.key(0))
-    shardings = vqgan_task.state_shardings(abstract, mesh)
+    shardings = vqgan_task.state_shardings(abstract, mesh, mesh_lib.axis_rules(config.mesh))
     pairs = list(zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
     sharded = [leaf for leaf, s in pairs if mesh_lib.FSDP_AXIS in s.spec]
     # every kernel of at least 2 output features (and Adam's moments of it) is split

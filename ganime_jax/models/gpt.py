@@ -4,7 +4,8 @@ Parameter names and layouts follow Hugging Face's GPT-2 so a pretrained checkpoi
 them one to one (`ganime_jax.convert.hf_gpt2`); the attention projections are stored split by
 head, (embed, 3, heads, head_dim) and (heads, head_dim, embed), so that heads can be sharded.
 Every parameter carries logical axis names and activations are constrained to
-("batch", "length", "embed"), so `DEFAULT_AXIS_RULES` turn a large preset into FSDP.
+("batch", "length", "embed"), so logical-axis rules (`config.mesh.axis_rules` of
+configs/gpt_kny.py) turn a large preset into FSDP.
 """
 import dataclasses
 from collections.abc import Callable, Mapping
@@ -26,20 +27,6 @@ REMAT_POLICIES = (
     "checkpoint_dots",
     "dots_with_no_batch_dims_saveable",
     "checkpoint_dots_with_no_batch_dims",
-)
-
-# Logical axis -> mesh axis. The batch takes both mesh axes (every device sees its own
-# examples); "embed" is claimed by the batch first on activations, so it is sharded over
-# `fsdp` on parameters only: fully sharded data parallelism.
-DEFAULT_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("vocab", None),
-    ("mlp", None),
-    ("heads", None),
-    ("kv", None),
-    ("length", None),
-    ("layers", None),
 )
 
 ACTIVATION_AXES = ("batch", "length", "embed")

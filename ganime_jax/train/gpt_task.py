@@ -20,7 +20,6 @@ from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
 from ganime_jax.models.ganime_transformer import LM_PARAMS
-from ganime_jax.models.gpt import DEFAULT_AXIS_RULES
 from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib, multihost
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
@@ -95,8 +94,8 @@ class GPTTask:
     """Everything stage 2 needs from the shared loop, on one mesh.
 
     Parameters (and the optimiser state that mirrors them) are sharded by the model's logical
-    axes through `DEFAULT_AXIS_RULES`: FSDP over the `fsdp` mesh axis; the batch is split over
-    every axis.
+    axes through `config.mesh.axis_rules` (configs/gpt_kny.py: FSDP over the `fsdp` mesh axis;
+    the batch split over every axis).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh,
@@ -104,7 +103,7 @@ class GPTTask:
         self.config = config
         self.mesh = mesh
         self.workdir = None if workdir is None else pathlib.Path(workdir)
-        self.rules = DEFAULT_AXIS_RULES
+        self.rules = mesh_lib.axis_rules(config.mesh)
         check_config(config, mesh)
         self.fns = build_fns(config)
         self.model = self.fns.model

@@ -9,6 +9,27 @@ from ganime_jax.errors import UserError
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 
+AxisRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+def axis_rules(mesh_config: ml_collections.ConfigDict) -> AxisRules:
+    """`config.mesh.axis_rules` as Flax logical-axis rules: (logical axis, mesh axis, a tuple
+    of mesh axes, or None) pairs. A saved config.json holds them as lists; unknown mesh axes
+    are a UserError."""
+    rules = []
+    for rule in mesh_config.axis_rules:
+        if len(rule) != 2:
+            raise UserError(f"config.mesh.axis_rules entry {rule!r} is not a (logical axis, mesh "
+                            "axes) pair.")
+        logical, target = rule
+        axes = tuple(target) if isinstance(target, (list, tuple)) else target
+        for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            if axis not in (DATA_AXIS, FSDP_AXIS, None):
+                raise UserError(f"config.mesh.axis_rules maps {logical!r} to mesh axis {axis!r}; "
+                                f"the mesh axes are {DATA_AXIS!r} and {FSDP_AXIS!r} (or None).")
+        rules.append((logical, axes))
+    return tuple(rules)
+
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
     """Builds a (data, fsdp) mesh; an axis size of -1 takes the remaining devices."""

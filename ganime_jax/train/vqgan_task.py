@@ -50,22 +50,25 @@ def training_phase(loss_cfg: ml_collections.ConfigDict, step: int) -> tuple[bool
 
 
 # Logical axes of the stage-1 state, read off each leaf's shape: the last (output-feature) axis
-# of every conv/dense kernel and of the codebook is "features", which FSDP splits over the
-# `fsdp` mesh axis; biases, norm scales and counters (small) are replicated, as is a kernel
-# whose feature count the axis does not divide.
+# of every conv/dense kernel and of the codebook is "features", which `config.mesh.axis_rules`
+# map (configs/vqgan_kny.py: onto the `fsdp` mesh axis); biases, norm scales and counters
+# (small) are replicated, as is a kernel whose feature count that axis does not divide.
 FEATURES = "features"
-VQGAN_AXIS_RULES = ((FEATURES, mesh_lib.FSDP_AXIS),)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Shardings of a stage-1 train state (or any tree of its parameters) on `mesh`."""
-    fsdp = mesh.shape[mesh_lib.FSDP_AXIS]
+def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
+                    rules: mesh_lib.AxisRules) -> Any:
+    """Shardings of a stage-1 train state (or any tree of its parameters) on `mesh`, with
+    the logical-axis `rules` (`mesh_lib.axis_rules(config.mesh)`)."""
+    features = nn.logical_to_mesh_axes((FEATURES,), rules)[0]
+    names = features if isinstance(features, tuple) else (features,)
+    shards = int(np.prod([mesh.shape[name] for name in names if name is not None]))
 
     def sharding(leaf) -> NamedSharding:
-        if leaf.ndim < 2 or leaf.shape[-1] % fsdp:
+        if leaf.ndim < 2 or leaf.shape[-1] % shards:
             return mesh_lib.replicated(mesh)
         logical = (None,) * (leaf.ndim - 1) + (FEATURES,)
-        return NamedSharding(mesh, nn.logical_to_mesh_axes(logical, VQGAN_AXIS_RULES))
+        return NamedSharding(mesh, nn.logical_to_mesh_axes(logical, rules))
 
     return jax.tree.map(sharding, abstract_state)
 
@@ -77,7 +80,8 @@ def init_sharded_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDic
     def init(key):
         return vqgan_step.init_state(key, fns, frame_shape, config.model.num_embeddings)
 
-    shardings = state_shardings(jax.eval_shape(init, rng), mesh)
+    shardings = state_shardings(jax.eval_shape(init, rng), mesh,
+                                mesh_lib.axis_rules(config.mesh))
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
@@ -94,7 +98,7 @@ class VQGANTask:
         self.replicated = mesh_lib.replicated(mesh)
         self.lpips_params = jax.device_put(load_lpips_params(), self.replicated)
         abstract = jax.eval_shape(self._init, jax.random.key(0))
-        self.state_shardings = state_shardings(abstract, mesh)
+        self.state_shardings = state_shardings(abstract, mesh, mesh_lib.axis_rules(config.mesh))
         self._abstract = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
         # One compiled variant per training phase (perceptual loss on?, discriminator on?).
         self._steps = {(perceptual, disc): compile_train_step(
