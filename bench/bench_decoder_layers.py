@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_vs_torch import cpu  # noqa: E402
+from bench.cpu_info import cpu_description  # noqa: E402
 from ganime_jax.models.layers import GroupNorm  # noqa: E402
 
 LEVELS = ((64, 128, 64), (32, 64, 128), (16, 32, 256), (8, 16, 256))
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    print(json.dumps({"cpu": cpu(), "batch": args.batch, "torch_threads": torch.get_num_threads(),
+    print(json.dumps({"cpu": cpu_description(), "batch": args.batch, "torch_threads": torch.get_num_threads(),
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
     for height, width, channels in LEVELS:
         print(json.dumps(bench_level(args.batch, height, width, channels, args.repeats)),

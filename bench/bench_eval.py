@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_gpt_train import cpu_name  # noqa: E402
+from cpu_info import cpu_name  # noqa: E402
 from bench_vqgan_train import _load_config  # noqa: E402
 from ganime_jax import sample  # noqa: E402
 from ganime_jax.evaluation import run  # noqa: E402

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from configs import gpt_demo, gpt_kny
+from cpu_info import cpu_name
 from ganime_jax.models.frame_sequence import WHOLE_HISTORY
 from ganime_jax.train import mesh as mesh_lib
 from ganime_jax.train.gpt_task import GPTTask
@@ -141,17 +142,6 @@ def main(argv: list[str]) -> None:
                 "clips_per_sec": round(clips / median, 4),
                 "vs_first_variant": round(rate / reference, 2), "loss": run["loss"]}
     print(json.dumps(result, indent=2))
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo ("" where there is none)."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import transformers
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_generation import NUM_FRAMES, make_transformer  # noqa: E402
 from bench.bench_vqgan_train import _load_config  # noqa: E402
+from bench.cpu_info import cpu_description  # noqa: E402
 from bench.torch_reference import port_generate, vqmodel_from_config  # noqa: E402
 from ganime_jax import generation  # noqa: E402
 from ganime_jax.convert.taming import convert_taming_state_dict  # noqa: E402
@@ -45,17 +46,7 @@ from ganime_jax.models.gpt import gpt_preset  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
 from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 PATHS = {"window": "prefix", "sequence": "sequence"}  # ours, by bench_generation's path names
-
-
-def cpu() -> dict[str, Any]:
-    text = pathlib.Path("/proc/cpuinfo").read_text()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"model_name": fields.get("model name", "unknown"), "cpu_count": os.cpu_count(),
-            "extensions": [f for f in CPU_FLAGS if f in flags]}
 
 
 def time_in_turns(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -145,7 +136,7 @@ def main() -> None:
     tokenizer = Tokenizer(config=config, model=VQGAN(**config.model), params=params, step=0,
                           workdir=pathlib.Path("."))
     load = os.getloadavg()[0]
-    result = {"cpu": cpu(), "config": args.config, "torch": torch.__version__,
+    result = {"cpu": cpu_description(), "config": args.config, "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
               "frame": [config.data.height, config.data.width],
               "codec": codec(config, vq, params, tokenizer, args.batch, args.repeats)}
