@@ -83,8 +83,8 @@ class Level(nn.Module):
     dropout: float
     dtype: Any
     param_dtype: Any
+    resample_kind: str  # a Downsample or Upsample kind (see `layers`)
     norm_eps: float = GROUP_NORM_EPS
-    resample_kind: str = ""
     scaled_attention: bool = True
 
     @nn.compact
