@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    print(json.dumps({"cpu": cpu_description(), "batch": args.batch, "torch_threads": torch.get_num_threads(),
+    print(json.dumps({"cpu": cpu_description(), "batch": args.batch,
+                      "torch_threads": torch.get_num_threads(),
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
     for height, width, channels in LEVELS:
         print(json.dumps(bench_level(args.batch, height, width, channels, args.repeats)),
