@@ -282,3 +282,13 @@ def test_patch_size_folds_pixels_around_the_network():
     assert variables["params"]["decoder"]["conv_out"]["kernel"].shape[-1] == 3 * 4
     again = model.apply(variables, aux["pre_output_features"], method=VQGAN.decoder_output_layer)
     np.testing.assert_allclose(again, recon, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,kind", [("downsample", "maxpool_conv"),
+                                        ("upsample", "pixel_shuffle"),
+                                        ("attention_placement", "everywhere")])
+def test_an_unknown_layer_kind_is_a_user_error(field, kind):
+    model = VQGAN(**{**TINY, field: kind})
+    with pytest.raises(UserError, match=f"model.{field}='{kind}' is not a known kind"):
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 32, 3),
+                                                                            np.float32))

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.layers import (DOWNSAMPLE_KINDS, GROUP_NORM_EPS, UPSAMPLE_KINDS,
-                                      AttnBlock, Downsample, GroupNorm, ResnetBlock, Upsample,
-                                      canonical_dtype, check_kind, conv)
+from ganime_jax.models.layers import (GROUP_NORM_EPS, AttnBlock, Downsample, GroupNorm,
+                                      ResnetBlock, Upsample, canonical_dtype, check_kind, conv)
 from ganime_jax.models.quantizer import VectorQuantizer, codebook_stats
 
 OUTPUT_LAYER = ("decoder", "conv_out")  # params path of the layer taming's adaptive weight uses
@@ -258,9 +257,6 @@ class VQGAN(nn.Module):
     def setup(self):
         if not self.channel_multipliers:
             raise UserError("`channel_multipliers` is empty: give one multiplier per level")
-        check_kind("downsample", self.downsample, DOWNSAMPLE_KINDS)
-        check_kind("upsample", self.upsample, UPSAMPLE_KINDS)
-        check_kind("attention_placement", self.attention_placement, ATTENTION_PLACEMENTS)
         compute, params = canonical_dtype(self.dtype), canonical_dtype(self.param_dtype)
         shared = dict(channels=self.channels, channel_multipliers=tuple(self.channel_multipliers),
                       num_res_blocks=self.num_res_blocks,

@@ -122,7 +122,7 @@ class VQGANTask:
         return self._abstract
 
     def init_state(self, rng: jax.Array) -> vqgan_step.VQGANState:
-        return init_sharded_state(self.fns, self.config, self.mesh, self.frame_shape, rng)[0]
+        return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
 
     def _loader(self, split: str, batch_size: int, **options: Any):
         """Frames of `split`; `options` override the config's `pipeline.LoaderOptions`."""
