@@ -68,11 +68,17 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration",
 
 
 class _CompileClock:
-    """Seconds JAX spent lowering and compiling since `reset`."""
+    """Seconds JAX spent lowering and compiling since `reset`, while the `with` block runs."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
+
+    def __enter__(self) -> "_CompileClock":
         jax.monitoring.register_event_duration_secs_listener(self._record)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._record)
 
     def _record(self, event: str, seconds: float, **_: Any) -> None:
         if event in COMPILE_EVENTS:
@@ -82,7 +88,7 @@ class _CompileClock:
         self.seconds = 0.0
 
 
-def _interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int
                          ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """(first call, compilation within it, run time) of each function, in seconds.
 
@@ -90,14 +96,14 @@ def _interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int
     the same load; with `repeats=0` (for paths that run for many minutes) it is the first
     call less its compilation.
     """
-    clock = _CompileClock()
     first, compile_seconds, times = {}, {}, {name: [] for name in fns}
-    for name, fn in fns.items():
-        clock.reset()
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        first[name] = time.perf_counter() - start
-        compile_seconds[name] = clock.seconds
+    with _CompileClock() as clock:
+        for name, fn in fns.items():
+            clock.reset()
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            first[name] = time.perf_counter() - start
+            compile_seconds[name] = clock.seconds
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
@@ -178,7 +184,7 @@ def bench_model(tokenizer: Tokenizer, preset: str, args: argparse.Namespace) -> 
             model, params = models["full"]
             fns[BASELINE] = lambda: port_procedure(tokenizer, model, params, first, last)
         load = _load()
-        first_calls, compile_seconds, medians = _interleaved_seconds(fns, args.repeats)
+        first_calls, compile_seconds, medians = interleaved_seconds(fns, args.repeats)
         loads = [load, _load()]
         decode = medians.pop("decode")
         for path, seconds in medians.items():

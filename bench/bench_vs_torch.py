@@ -7,7 +7,7 @@ Both sides run the same VQ-GAN weights: the reference's random state dict, conve
 `ganime_jax.convert.taming` (the token indices of both are compared and reported). fp32, all
 cores: `torch.set_num_threads(os.cpu_count())`; XLA:CPU uses every core by default. Each
 workload runs once on each side to warm up (compilation), then ours and the reference's take
-turns `--repeats` times; the medians are reported with `ratio` = reference / ours (above 1: we
+turns `--repeats` times (`bench_generation.interleaved_seconds`); the medians are reported with `ratio` = reference / ours (above 1: we
 are faster). Workloads:
 - `encode`: frames (batch, H, W, 3) -> tokens; `decode`: tokens -> frames, ours as one call and
   as generation does it on CPU (`decode_in_batches`, uint8 out);
@@ -23,10 +23,7 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,7 +33,8 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_generation import NUM_FRAMES, make_transformer  # noqa: E402
+from bench.bench_generation import (NUM_FRAMES, interleaved_seconds,  # noqa: E402
+                                    make_transformer)
 from bench.bench_vqgan_train import _load_config  # noqa: E402
 from bench.cpu_info import cpu_description  # noqa: E402
 from bench.torch_reference import port_generate, vqmodel_from_config  # noqa: E402
@@ -47,19 +45,6 @@ from ganime_jax.models.vqgan import VQGAN  # noqa: E402
 from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
 
 PATHS = {"window": "prefix", "sequence": "sequence"}  # ours, by bench_generation's path names
-
-
-def time_in_turns(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function after one warm-up call; the calls take turns."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def ratios(seconds: dict[str, float], reference: str = "reference") -> dict[str, Any]:
@@ -83,14 +68,14 @@ def codec(config: Any, vq: torch.nn.Module, params: Any, tokenizer: Tokenizer, b
     tokens = jnp.asarray(ours)
     flat = tokens.reshape(batch, -1)
     with torch.no_grad():
-        encode_s = time_in_turns({
-            "ours": lambda: jax.block_until_ready(encode(params, frames)),
-            "reference": lambda: vq.encode(frames_t)}, repeats)
-        decode_s = time_in_turns({
-            "ours": lambda: jax.block_until_ready(decode(params, tokens)),
+        encode_s = interleaved_seconds({
+            "ours": lambda: encode(params, frames),
+            "reference": lambda: vq.encode(frames_t)}, repeats)[2]
+        decode_s = interleaved_seconds({
+            "ours": lambda: decode(params, tokens),
             "ours_in_batches": lambda: generation.decode_in_batches(
                 tokenizer, flat, generation.default_decode_batch_size()),
-            "reference": lambda: vq.decode(torch.from_numpy(ours))}, repeats)
+            "reference": lambda: vq.decode(torch.from_numpy(ours))}, repeats)[2]
     return {"batch": batch, "indices_match": float(np.mean(ours == theirs.numpy())),
             "encode": ratios(encode_s), "decode": ratios(decode_s)}
 
@@ -113,7 +98,7 @@ def video(tokenizer: Tokenizer, vq: torch.nn.Module, preset: str, repeats: int
         for name, (model, params) in ours.items()}
     fns["reference"] = lambda: port_generate(vq, gpt, first, last, NUM_FRAMES, vocab)
     return {"gpt": preset, "batch": 1, "frames": NUM_FRAMES,
-            "seconds_per_video": ratios(time_in_turns(fns, repeats))}
+            "seconds_per_video": ratios(interleaved_seconds(fns, repeats)[2])}
 
 
 def main() -> None:
