@@ -7,8 +7,8 @@ Both sides run the same VQ-GAN weights: the reference's random state dict, conve
 `ganime_jax.convert.taming` (the token indices of both are compared and reported). fp32, all
 cores: `torch.set_num_threads(os.cpu_count())`; XLA:CPU uses every core by default. Each
 workload runs once on each side to warm up (compilation), then ours and the reference's take
-turns `--repeats` times (`bench_generation.interleaved_seconds`); the medians are reported with `ratio` = reference / ours (above 1: we
-are faster). Workloads:
+turns `--repeats` times (`bench_generation.interleaved_seconds`); the medians are reported
+with `ratio` = reference / ours (above 1: we are faster). Workloads:
 - `encode`: frames (batch, H, W, 3) -> tokens; `decode`: tokens -> frames, ours as one call and
   as generation does it on CPU (`decode_in_batches`, uint8 out);
 - `video`: a 16-frame clip from its two ends, batch 1, per GPT size (`mini`: 256 wide, 4
