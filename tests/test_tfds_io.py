@@ -133,6 +133,22 @@ def test_rewrite_replaces_complete_dataset(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ds"]
 
 
+def test_splits_larger_than_tfds_memory_buffer_are_ordered_in_memory(tmp_path, monkeypatch):
+    """TFDS spills a split over its 1 GB buffer through TensorFlow (not installed); ours holds
+    up to SHUFFLE_MEMORY_BYTES, and a larger split is one UserError, not a masked one."""
+    from tensorflow_datasets.core import shuffle
+    default = shuffle.MAX_MEM_BUFFER_SIZE
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 100)  # as if the split were > 1 GB
+    write(tmp_path, "ds", {"train": make_clips(9), "test": make_clips(4, seed=1)})
+    assert_same_examples(list(make_clips(4, seed=1)), read_all(tmp_path, "ds", "test"),
+                         "clip_index", "frames")
+    monkeypatch.setattr(tfds_io, "SHUFFLE_MEMORY_BYTES", 100)
+    with pytest.raises(UserError, match="more than 100 bytes.*tensorflow"):
+        write(tmp_path, "big", {"train": make_clips(9), "test": make_clips(4, seed=1)})
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 100 and default > 100  # restored after the write
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
 def bad_shape_clips():
     yield from make_clips(2)
     wrong = np.zeros((2, 4, 5, 3), np.uint8)

@@ -1,0 +1,28 @@
+"""The demo GPT for Moving MNIST: 20-frame digit clips tokenised by `vqgan_mnist_demo` (8x8 grid,
+512 codes), sized for 2 CPU cores.
+
+    python main.py --config=configs/vqgan_mnist_demo.py   # stage 1 -> workdirs/vqgan_mnist_demo
+    python main.py --config=configs/gpt_mnist_demo.py     # stage 2 -> workdirs/gpt_mnist_demo
+
+`gpt_demo`'s model and schedule (sequence layout, 128 wide, 4 layers, window of 3 frames per
+layer) on 64 tokens per frame: a bouncing digit's velocity needs two frames to read, and four
+layers reach 9 frames back.
+"""
+import ml_collections
+
+from configs import gpt_demo, gpt_kny
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = gpt_demo.get_config()
+    config.tokenizer.workdir = "workdirs/vqgan_mnist_demo"
+    config.data.dataset = "moving_mnist"
+    config.data.min_frames = 20
+    config.data.max_frames = 20
+    config.model.frame_tokens = 64
+    config.model.gpt = gpt_kny.gpt_fields(vocab_size=512, n_positions=64, n_embd=128, n_layer=4,
+                                          n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
+                                          resid_pdrop=0.0)
+    config.sample.num_frames = 20
+    config.evaluate.num_frames = 20
+    return config

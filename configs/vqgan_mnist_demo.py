@@ -1,0 +1,26 @@
+"""The demo VQ-GAN for Moving MNIST: `vqgan_demo`'s network on 64x64 digit clips, for 2 CPU cores.
+
+The embedded Moving MNIST (`configs/vqgan_moving_mnist.py`'s data: 10,000 training clips of two
+bouncing digits, 20 frames each) is built on first use. The demo VQ-GAN's four narrow levels
+(16/32/64/64 channels) turn a 64x64 frame into an 8x8 grid; attention sits at that grid. The
+frames are white strokes on black, so 512 codes cover them (the anime demo needs 2048), and the
+phases are shorter: L1 + codebook only, then LPIPS, then a light discriminator.
+"""
+import ml_collections
+
+from configs import vqgan_demo, vqgan_moving_mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = vqgan_demo.get_config()
+    mnist = vqgan_moving_mnist.get_config()
+    config.data.dataset = mnist.data.dataset
+    config.data.embedded = mnist.data.embedded
+    config.data.height = config.data.embedded.get_ref("size")
+    config.data.width = config.data.embedded.get_ref("size")
+    # `resolution` follows the frame width (64): the 8x8 level is "resolution 8".
+    config.model.update(num_embeddings=512, attention_resolutions=(8,))
+    config.loss.perceptual_start = 1_500
+    config.loss.disc_start = 3_000
+    config.train.update(num_steps=4_000)
+    return config
