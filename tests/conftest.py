@@ -1,10 +1,20 @@
-"""Test setup: 8 fake CPU devices so that sharded code paths run on any machine."""
+"""Test setup: 8 fake CPU devices so that sharded code paths run on any machine, and one JAX
+compilation cache for the whole session (this process and the `main.py` runs it starts): tests
+that build the same step (same program, shapes and devices) compile it once."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="ganime_jax_test_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -29,10 +29,10 @@ MESH_FLAGS = ("--config.mesh.data=-1", "--config.mesh.fsdp=2", "--config.optimiz
 RTOL = 2e-5  # all-reduces over gloo sum in another order than one process's
 
 
-def _env(devices: int, cache: pathlib.Path) -> dict[str, str]:
+def _env(devices: int) -> dict[str, str]:
+    """`devices` fake CPU devices; the session's compilation cache (conftest.py)."""
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+            "JAX_PLATFORMS": "cpu"}
 
 
 def _free_port() -> int:
@@ -41,13 +41,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(command: list[str], cache: pathlib.Path) -> list[subprocess.Popen]:
+def _start(command: list[str]) -> list[subprocess.Popen]:
     """The processes of one `--multihost` run, started by hand (no cluster manager)."""
     port = _free_port()
     return [subprocess.Popen(
         [*command, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
          f"--num_processes={PROCESSES}", f"--process_id={index}"],
-        cwd=REPO, env=_env(DEVICES_PER_PROCESS, cache), stdout=subprocess.PIPE,
+        cwd=REPO, env=_env(DEVICES_PER_PROCESS), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for index in range(PROCESSES)]
 
 
@@ -63,8 +63,8 @@ def _finish(processes: list[subprocess.Popen]) -> list[str]:
     return [stdout for stdout, _ in outputs]
 
 
-def _run_one_process(command: list[str], cache: pathlib.Path) -> str:
-    result = subprocess.run(command, cwd=REPO, env=_env(PROCESSES * DEVICES_PER_PROCESS, cache),
+def _run_one_process(command: list[str]) -> str:
+    result = subprocess.run(command, cwd=REPO, env=_env(PROCESSES * DEVICES_PER_PROCESS),
                             capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -87,12 +87,11 @@ def test_vqgan_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tm
                             f"--config.train.num_steps={num_steps}",
                             "--config.train.keep_checkpoints=3")
 
-    cache = tmp_path / "jax_cache"
     # The 2-process run comes first: process 0 builds the embedded dataset while 1 waits for it.
-    outputs = _finish(_start(command(tmp_path / "two"), cache))
+    outputs = _finish(_start(command(tmp_path / "two")))
     # process 0 alone reports, logs and writes the config
     assert ["trained vqgan" in out for out in outputs] == [True, False]
-    assert "trained vqgan" in _run_one_process(command(tmp_path / "one"), cache)
+    assert "trained vqgan" in _run_one_process(command(tmp_path / "one"))
     expected = read_metrics(tmp_path / "one")
     got = read_metrics(tmp_path / "two")
     assert sorted(got) == list(range(1, num_steps + 1))
@@ -106,7 +105,7 @@ def test_vqgan_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tm
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "two" / "checkpoints" / "4", resumed / "checkpoints" / "4")
-    output = _run_one_process(command(resumed), cache)
+    output = _run_one_process(command(resumed))
     assert "resumed from the checkpoint of step 4" in output
     _assert_same_losses(read_metrics(resumed), expected, (5, 6), keys)
 
@@ -134,13 +133,12 @@ def test_gpt_two_processes_killed_and_resumed_train_as_one(tmp_path, stage1_work
                             f"--config.tokenizer.workdir={stage1_workdirs['workdir']}",
                             f"--config.train.num_steps={num_steps}")
 
-    cache = tmp_path / "jax_cache"
-    assert "trained gpt" in _run_one_process(command(tmp_path / "one"), cache)
+    assert "trained gpt" in _run_one_process(command(tmp_path / "one"))
 
     workdir = tmp_path / "two"
-    _kill_all_after_first_checkpoint(_start(command(workdir), cache), workdir)
+    _kill_all_after_first_checkpoint(_start(command(workdir)), workdir)
     assert max(read_metrics(workdir), default=0) < num_steps, "the run was not interrupted"
-    outputs = _finish(_start(command(workdir), cache))
+    outputs = _finish(_start(command(workdir)))
     assert "resumed from the checkpoint of step" in outputs[0]
     expected, got = read_metrics(tmp_path / "one"), read_metrics(workdir)
     assert sorted(got) == list(range(1, num_steps + 1))
@@ -161,11 +159,11 @@ def test_gpt_two_processes_killed_and_resumed_train_as_one(tmp_path, stage1_work
 ])
 def test_multihost_flag_errors_are_one_line(tmp_path, flags, message):
     _check_one_line_error(main_command("configs/vqgan_tiny.py", tmp_path / "w", *flags),
-                          _env(1, tmp_path / "cache"), message)
+                          _env(1), message)
 
 
 def test_multihost_reads_the_process_count_and_id_from_jax_variables(tmp_path):
-    env = {**_env(1, tmp_path / "cache"), "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+    env = {**_env(1), "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "5"}
     _check_one_line_error(main_command("configs/vqgan_tiny.py", tmp_path / "w", "--multihost"),
                           env, "process id must be in [0, 2), got 5")

@@ -163,8 +163,8 @@ def test_generator_gradients_equal_full_differentiation(setup):
     """The one-backward-pass step gives the gradients of differentiating the whole loss."""
     config, fns, frames, lpips_params = setup
     frame_shape = frames.shape[1:]
-    state = vqgan_step.init_state(jax.random.key(1), fns, frame_shape,
-                                  config.model.num_embeddings)
+    state = mesh_lib.run_once(lambda key: vqgan_step.init_state(
+        key, fns, frame_shape, config.model.num_embeddings), jax.random.key(1))
     x = vqgan_step.frames_to_float(jnp.asarray(frames))
     loss_cfg = config.loss
     kernel_path = ("decoder", "conv_out", "kernel")

@@ -117,8 +117,6 @@ class GPTTask:
                 nn.get_partition_spec(boxed), mesh, self.rules)
         self._abstract = checkpointing.abstract_with_shardings(nn.unbox(boxed),
                                                                self.state_shardings)
-        self._init = jax.jit(lambda rng: nn.unbox(gpt_step.init_state(rng, self.fns)),
-                             out_shardings=self.state_shardings)
         accum = config.optimizer.grad_accum_steps
         self._steps = {own: jax.jit(gpt_step.make_train_step(self.fns, accum, own),
                                     in_shardings=(self.state_shardings, self.batch_shardings,
@@ -147,7 +145,8 @@ class GPTTask:
     def init_state(self, rng: jax.Array) -> gpt_step.GPTState:
         """A fresh state, born sharded; GPT-2 weights overlaid if `init_from_hf` names some."""
         with self.context():
-            state = self._init(rng)
+            state = mesh_lib.run_once(lambda key: nn.unbox(gpt_step.init_state(key, self.fns)),
+                                      rng, out_shardings=self.state_shardings)
         if self.config.model.init_from_hf:
             state = state.replace(params=self._overlay_hf(state.params))
         return state

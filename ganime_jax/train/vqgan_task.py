@@ -82,7 +82,7 @@ def init_sharded_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDic
 
     shardings = state_shardings(jax.eval_shape(init, rng), mesh,
                                 mesh_lib.axis_rules(config.mesh))
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    return mesh_lib.run_once(init, rng, out_shardings=shardings), shardings
 
 
 class VQGANTask:
@@ -122,7 +122,7 @@ class VQGANTask:
         return self._abstract
 
     def init_state(self, rng: jax.Array) -> vqgan_step.VQGANState:
-        return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
+        return mesh_lib.run_once(self._init, rng, out_shardings=self.state_shardings)
 
     def _loader(self, split: str, batch_size: int, **options: Any):
         """Frames of `split`; `options` override the config's `pipeline.LoaderOptions`."""
