@@ -48,7 +48,8 @@ def _define_config_flag():
             "config", DEFAULT_CONFIG, "Experiment config file (a .py with get_config()).",
             lock_config=True)
     except (AttributeError, KeyError) as error:
-        from ganime_jax.cli import config_error, fail
+        from ganime_jax.commands import config_error
+        from ganime_jax.errors import fail
         fail(f"bad --config override: {config_error(error)}")
 
 
@@ -83,12 +84,12 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, tfds) drown progress
         logging.set_verbosity(logging.WARNING)
     from ganime_jax import cli
+    from ganime_jax.errors import UserError, fail
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
-    from ganime_jax.errors import UserError
+        fail(f"unexpected arguments {argv[1:]}; flags look like --name=value.")
     try:
         if _MULTIHOST.value:
-            from ganime_jax.train import multihost
+            from ganime_jax import multihost
             multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
             raise UserError("--coordinator_address, --num_processes and --process_id need "
@@ -103,9 +104,9 @@ def main(argv: list[str]) -> None:
                      num_frames=_NUM_FRAMES.value, output=_OUTPUT.value, port=_PORT.value)
     except UserError as error:
         logging.flush()
-        cli.fail(str(error))
+        fail(str(error))
 
 
 if __name__ == "__main__":
-    from ganime_jax.cli import parse_flags
+    from ganime_jax.commands import parse_flags
     app.run(main, flags_parser=parse_flags)

@@ -32,10 +32,10 @@ from bench_vqgan_train import _load_config  # noqa: E402
 from ganime_jax import sample  # noqa: E402
 from ganime_jax.evaluation import run  # noqa: E402
 from ganime_jax.evaluation.set_cache import SetCache  # noqa: E402
-from ganime_jax.models.vqgan import VQGAN  # noqa: E402
 from ganime_jax.models.frame_layouts import example_inputs  # noqa: E402
+from ganime_jax.models.vqgan import VQGAN  # noqa: E402
+from ganime_jax.tokenizer import Tokenizer  # noqa: E402
 from ganime_jax.train.gpt_task import build_model  # noqa: E402
-from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
 
 EVAL_CLIPS = 100  # the extrapolation unit
 

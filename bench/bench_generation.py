@@ -50,7 +50,7 @@ from ganime_jax.models.frame_sequence import (WHOLE_HISTORY,  # noqa: E402
 from ganime_jax.models.ganime_transformer import GANimeTransformer  # noqa: E402
 from ganime_jax.models.gpt import GPT2Config, gpt_preset  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
-from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
+from ganime_jax.tokenizer import Tokenizer  # noqa: E402
 
 NUM_FRAMES = 16
 BASELINE = "baseline (port procedure)"

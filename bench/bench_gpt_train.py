@@ -27,8 +27,8 @@ import numpy as np
 
 from configs import gpt_demo, gpt_kny
 from cpu_info import cpu_name
+from ganime_jax import mesh as mesh_lib
 from ganime_jax.models.frame_sequence import WHOLE_HISTORY
-from ganime_jax.train import mesh as mesh_lib
 from ganime_jax.train.gpt_task import GPTTask
 
 CONFIGS = {"demo": gpt_demo, "kny": gpt_kny}

@@ -21,10 +21,9 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ganime_jax import mesh as mesh_lib  # noqa: E402
 from ganime_jax.losses.perceptual import load_lpips_params  # noqa: E402
-from ganime_jax.train import mesh as mesh_lib  # noqa: E402
-from ganime_jax.train.vqgan_task import (build_models, compile_train_step,  # noqa: E402
-                                        init_sharded_state)
+from ganime_jax.train.vqgan_task import VQGANTask, compile_train_step  # noqa: E402
 
 
 def _load_config(path: str) -> ml_collections.ConfigDict:
@@ -35,11 +34,10 @@ def _load_config(path: str) -> ml_collections.ConfigDict:
 
 
 def _time_variant(config, frames, lpips_params, use_disc: bool, iters: int) -> dict:
-    fns = build_models(config)
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
-    state, shardings = init_sharded_state(fns, config, mesh, frames.shape[1:],
-                                             jax.random.key(0))
-    step = compile_train_step(fns, config, mesh, shardings, use_disc)
+    task = VQGANTask(config, mesh)
+    state = task.init_state(jax.random.key(0))
+    step = compile_train_step(task.fns, config, mesh, task.state_shardings, use_disc)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))
     start = time.perf_counter()

@@ -42,7 +42,7 @@ from ganime_jax import generation  # noqa: E402
 from ganime_jax.convert.taming import convert_taming_state_dict  # noqa: E402
 from ganime_jax.models.gpt import gpt_preset  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
-from ganime_jax.train.tokenizer import Tokenizer  # noqa: E402
+from ganime_jax.tokenizer import Tokenizer  # noqa: E402
 
 PATHS = {"window": "prefix", "sequence": "sequence"}  # ours, by bench_generation's path names
 

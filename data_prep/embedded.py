@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from ganime_jax import writable
-from ganime_jax.cli import run_command
+from ganime_jax.commands import run_command
 from ganime_jax.data.embedded import BUILDERS
 from ganime_jax.errors import UserError
 

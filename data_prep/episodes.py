@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data_prep.episode_file import StageResult, stage_file
 from ganime_jax.data.staged_clips import COUNT_KEYS, ClipSettings, FileClips, write_staged_datasets
 from ganime_jax import writable
-from ganime_jax.cli import run_command
+from ganime_jax.commands import run_command
 from ganime_jax.data import clip_ops, tfds_io
 from ganime_jax.data.shot_detection import DEFAULT_THRESHOLD
 from ganime_jax.errors import UserError

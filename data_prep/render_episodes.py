@@ -17,7 +17,7 @@ from absl import flags
 from tqdm import tqdm
 
 from ganime_jax import writable
-from ganime_jax.cli import run_command
+from ganime_jax.commands import run_command
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
 from ganime_jax.data.video_io import VideoWriter, sibling_temp_path
 from ganime_jax.errors import UserError

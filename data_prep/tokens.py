@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from ganime_jax.cli import run_command
+from ganime_jax.commands import run_command
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.train.token_dataset import (DEFAULT_BATCH_SIZE, DEFAULT_CLIPS_PER_SHARD,

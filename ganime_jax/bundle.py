@@ -21,10 +21,10 @@ import pathlib
 
 import ml_collections
 
-from ganime_jax import config_check
+from ganime_jax import checkpointing, config_check
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import checkpointing, entry
+from ganime_jax.train import entry
 
 DEMO_BUNDLE = pathlib.Path(__file__).resolve().parent / "assets" / "demo"
 VQGAN_DIR = "vqgan"

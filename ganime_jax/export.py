@@ -27,12 +27,11 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from ganime_jax import bundle, sample, writable
-from ganime_jax.cli import run_command
+from ganime_jax import bundle, checkpointing, sample, writable
+from ganime_jax.commands import run_command
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import checkpointing
-from ganime_jax.train.tokenizer import GEN_PARAMS
+from ganime_jax.tokenizer import GEN_PARAMS
 
 MANIFEST_FORMAT = 1
 

@@ -33,7 +33,7 @@ CPU_DECODE_BATCH_SIZE = 2
 
 
 class FrameTokenizer(Protocol):
-    """What generation needs from a frozen tokenizer (`ganime_jax.train.tokenizer.Tokenizer`)."""
+    """What generation needs from a frozen tokenizer (`ganime_jax.tokenizer.Tokenizer`)."""
 
     frame_shape: tuple[int, int, int]
 

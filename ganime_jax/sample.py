@@ -16,15 +16,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from ganime_jax import generation, writable
+from ganime_jax import checkpointing, generation, writable
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
 from ganime_jax.models.frame_layouts import Transformer, example_inputs
-from ganime_jax.train import checkpointing
+from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 from ganime_jax.train.gpt_task import build_model
 from ganime_jax.train.summary import image_grid
-from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
 
 PARAMS_FIELD = "params"  # field of the stage-2 train state holding the transformer parameters
 VIDEO_SUFFIX = ".mp4"

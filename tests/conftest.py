@@ -28,7 +28,8 @@ def stage1_workdirs(tmp_path_factory) -> dict:
     import jax.numpy as jnp
 
     from configs import vqgan_tiny
-    from ganime_jax.train import checkpointing, entry, vqgan_step
+    from ganime_jax import checkpointing
+    from ganime_jax.train import entry, vqgan_step
     from ganime_jax.train.vqgan_task import build_models
 
     root = tmp_path_factory.mktemp("stage1")

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ganime_jax import checkpointing, mesh as mesh_lib
 from ganime_jax.models.frame_layouts import example_inputs
-from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib
+from ganime_jax.train import gpt_step
 from ganime_jax.train.gpt_task import GPTTask, build_fns, build_model
 
 

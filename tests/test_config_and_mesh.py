@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from configs import vqgan_kny
-from ganime_jax import config_check
+from ganime_jax import config_check, mesh as mesh_lib
 from ganime_jax.errors import UserError
-from ganime_jax.train import mesh as mesh_lib, optimizers
+from ganime_jax.train import optimizers
 
 
 def test_reference_config_passes_its_own_check():

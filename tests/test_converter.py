@@ -19,7 +19,7 @@ from ganime_jax.convert.taming import (convert_taming_state_dict, load_taming_ch
 from ganime_jax.errors import UserError
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train.tokenizer import load_tokenizer
+from ganime_jax.tokenizer import load_tokenizer
 
 TINY = dict(channels=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
             attention_resolutions=(8,), resolution=32, z_channels=16, embedding_dim=8,

@@ -14,12 +14,11 @@ import pytest
 from PIL import Image
 
 from configs import gpt_tiny
-from ganime_jax.train.token_dataset import tokenizer_metadata
-from ganime_jax import bundle, cli, export, generation, images, sample
+from ganime_jax import bundle, checkpointing, cli, export, generation, images, sample
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import checkpointing
-from ganime_jax.train.tokenizer import load_tokenizer
+from ganime_jax.tokenizer import load_tokenizer
+from ganime_jax.train.token_dataset import tokenizer_metadata
 from stage2_helpers import gpt_workdir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from ganime_jax.evaluation.set_cache import SetCache
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d, image
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train.tokenizer import load_tokenizer
+from ganime_jax.tokenizer import load_tokenizer
 from stage2_helpers import gpt_workdir, random_params, save_checkpoint
 
 HEIGHT, WIDTH = 64, 128

@@ -19,7 +19,7 @@ from ganime_jax.models.ganime_transformer import (
     LM_PARAMS, GANimeTransformer, ganime_transformer_from_config)
 from ganime_jax.models.gpt import (GPT2Config, GPT2LM, causal_mask, explicit_attention,
                                    gpt_preset)
-from ganime_jax.train import mesh as mesh_lib
+from ganime_jax import mesh as mesh_lib
 
 VOCAB, WIDTH, LAYERS, HEADS, POSITIONS = 128, 64, 2, 4, 64
 BATCH, LENGTH = 8, 24  # 8 rows: one per fake device in the sharded test

@@ -91,6 +91,38 @@ def test_the_library_never_imports_data_prep_or_configs():
     assert graph["data_prep.tokens"] & {"ganime_jax.train.token_dataset"}  # the graph is read
 
 
+# The stages, in the order dependencies flow (a module may import its own stage and earlier
+# ones); modules not named here (errors, commands, conditioning, generation, metrics, ...) are
+# shared.
+STAGES = (
+    ("ganime_jax.data",),
+    ("ganime_jax.models", "ganime_jax.losses"),
+    ("ganime_jax.tokenizer", "ganime_jax.checkpointing", "ganime_jax.mesh",
+     "ganime_jax.multihost"),
+    ("ganime_jax.train",),
+    ("ganime_jax.sample", "ganime_jax.evaluation", "ganime_jax.export", "ganime_jax.bundle",
+     "ganime_jax.web_demo"),
+    ("ganime_jax.cli",),
+)
+
+
+def _stage(module: str) -> int | None:
+    for index, prefixes in enumerate(STAGES):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return None
+
+
+def test_dependencies_flow_from_data_to_models_tokenizer_training_inference_cli():
+    backward = sorted((module, target) for module, targets in _import_graph().items()
+                      for target in targets
+                      if None not in (_stage(module), _stage(target))
+                      and _stage(target) > _stage(module))
+    assert backward == []
+    assert _stage("ganime_jax.tokenizer") < _stage("ganime_jax.train.gpt_task") < _stage(
+        "ganime_jax.sample")
+
+
 def test_configs_import_only_ml_collections_and_other_configs():
     for path in sorted((REPO / "configs").glob("*.py")):
         tree = ast.parse(path.read_text())

@@ -9,10 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ganime_jax import mesh as mesh_lib
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import mesh as mesh_lib, token_dataset
-from ganime_jax.train.tokenizer import load_tokenizer
+from ganime_jax.tokenizer import load_tokenizer
+from ganime_jax.train import token_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "tiny_anime"

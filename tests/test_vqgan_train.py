@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from configs import vqgan_tiny
+from ganime_jax import checkpointing, mesh as mesh_lib
+from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import load_lpips_params
-from ganime_jax.data import pipeline, tfds_io
-from ganime_jax.train import checkpointing, mesh as mesh_lib, vqgan_step, vqgan_task
-from ganime_jax.train.vqgan_task import (VQGANTask, build_models, compile_train_step,
-                                        init_sharded_state)
+from ganime_jax.train import vqgan_step, vqgan_task
+from ganime_jax.train.vqgan_task import VQGANTask, build_models, compile_train_step
 from resume_helpers import check_killed_run_resumes, main_command
 
 
@@ -31,11 +31,12 @@ def setup():
 
 def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: bool = True,
                fsdp: int = 1):
-    config, fns, frames, lpips_params = setup
+    config, _, frames, lpips_params = setup
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": fsdp}), devices)
-    state, shardings = init_sharded_state(fns, config, mesh, frames.shape[1:],
-                                          jax.random.key(0))
-    step = compile_train_step(fns, config, mesh, shardings, use_disc, use_perceptual)
+    task = VQGANTask(config, mesh)
+    state = task.init_state(jax.random.key(0))
+    step = compile_train_step(task.fns, config, mesh, task.state_shardings, use_disc,
+                              use_perceptual)
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))
     history = []

@@ -23,13 +23,12 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from ganime_jax import writable
-from ganime_jax.cli import run_command
+from ganime_jax import checkpointing, writable
+from ganime_jax.commands import run_command
 from ganime_jax.convert.taming import load_taming_checkpoint
 from ganime_jax.errors import UserError
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train import checkpointing
-from ganime_jax.train.tokenizer import GEN_PARAMS, load_tokenizer
+from ganime_jax.tokenizer import GEN_PARAMS, load_tokenizer
 
 # The constants each original sets that its checkpoint's numbers depend on.
 TAMING_LAYERS = {"downsample": "strided_conv", "upsample": "nearest_conv",

@@ -7,7 +7,7 @@ global batches are the same whatever the process count (rows in the same order, 
 same crop), so a run on several hosts trains on exactly what one host would have (as long as
 no clip is skipped for being short: skipping happens per host).
 The `grain.python.DataLoader` iterators have `get_state()/set_state()`; training checkpoints
-keep that state as JSON text (`train.checkpointing`), one per process.
+keep that state as JSON text (`ganime_jax.checkpointing`), one per process.
 
 Clips shorter than `min_frames` are SKIPPED (filtered out), not rejected; a split with no clip
 long enough is a UserError. With a finite `num_epochs` on several hosts, skipping can leave

@@ -28,7 +28,7 @@ from ganime_jax.evaluation import baselines, report, scoring
 from ganime_jax.evaluation.set_cache import I3D_OPTIONS, SetCache
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.metrics import fvd, i3d
-from ganime_jax.train.tokenizer import load_tokenizer
+from ganime_jax.tokenizer import load_tokenizer
 
 OUTPUT_SUBDIR = "eval"  # under the workdir when config.evaluate.output_dir is ""
 CACHE_SUBDIR = "eval_cache"  # under data_root when feature_cache_dir is ""

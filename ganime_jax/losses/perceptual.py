@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ganime_jax.errors import UserError
 from ganime_jax.weights_io import load_package_weights

@@ -5,7 +5,8 @@ import pathlib
 import jax
 import ml_collections
 
-from ganime_jax.train import loop, mesh as mesh_lib, multihost
+from ganime_jax import mesh as mesh_lib, multihost
+from ganime_jax.train import loop
 
 
 def ensure_dataset(data: ml_collections.ConfigDict) -> None:

@@ -14,16 +14,16 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ganime_jax import conditioning, generation
+from ganime_jax import checkpointing, conditioning, generation, mesh as mesh_lib, multihost
 from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
 from ganime_jax.models.ganime_transformer import LM_PARAMS
-from ganime_jax.train import checkpointing, gpt_step, mesh as mesh_lib, multihost
+from ganime_jax.tokenizer import Tokenizer, load_tokenizer
+from ganime_jax.train import gpt_step
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
-from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
 
 # config.model fields that choose the initialisation, not the module.
 INIT_FIELDS = ("init_from_hf", "init_vocab_policy")

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from ganime_jax.train import checkpointing, multihost
+from ganime_jax import checkpointing, multihost
 from ganime_jax.train.summary import METRICS_FILENAME, MetricWriter, read_metrics
 
 

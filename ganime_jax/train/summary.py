@@ -4,7 +4,7 @@ import pathlib
 
 import numpy as np
 
-from ganime_jax.train import multihost
+from ganime_jax import multihost
 
 METRICS_FILENAME = "metrics.jsonl"
 

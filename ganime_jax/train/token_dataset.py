@@ -24,11 +24,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from ganime_jax import writable
+from ganime_jax import mesh as mesh_lib, writable
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.train import mesh as mesh_lib
-from ganime_jax.train.tokenizer import Tokenizer, load_tokenizer
+from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 
 INT16_MAX_CODES = 32767  # codebooks up to this size store their tokens as int16
 MANIFEST_FILE = "manifest.json"

@@ -10,11 +10,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
+from ganime_jax import checkpointing, mesh as mesh_lib
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train import checkpointing, mesh as mesh_lib, optimizers, vqgan_step
+from ganime_jax.train import optimizers, vqgan_step
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid, to_uint8
 
@@ -71,18 +72,6 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
         return NamedSharding(mesh, nn.logical_to_mesh_axes(logical, rules))
 
     return jax.tree.map(sharding, abstract_state)
-
-
-def init_sharded_state(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh, frame_shape: tuple[int, int, int],
-                       rng: jax.Array) -> tuple[vqgan_step.VQGANState, Any]:
-    """A fresh train state born with its `state_shardings` on `mesh`, and those shardings."""
-    def init(key):
-        return vqgan_step.init_state(key, fns, frame_shape, config.model.num_embeddings)
-
-    shardings = state_shardings(jax.eval_shape(init, rng), mesh,
-                                mesh_lib.axis_rules(config.mesh))
-    return mesh_lib.run_once(init, rng, out_shardings=shardings), shardings
 
 
 class VQGANTask:

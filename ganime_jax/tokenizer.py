@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from ganime_jax import checkpointing, mesh as mesh_lib
 from ganime_jax.errors import UserError
 from ganime_jax.models.vqgan import VQGAN
-from ganime_jax.train import checkpointing, mesh as mesh_lib
 
 GEN_PARAMS = "gen_params"  # field of the stage-1 train state holding the VQ-GAN parameters
 TRAIN_HINT = "train stage 1 first: python main.py --config=configs/vqgan_demo.py --workdir={}"

@@ -16,9 +16,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ganime_jax import multihost
 from ganime_jax.data import pipeline
 from ganime_jax.errors import UserError
-from ganime_jax.train import multihost
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
