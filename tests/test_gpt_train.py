@@ -255,13 +255,28 @@ def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs,
     config.data.data_root = stage1_workdirs["data_root"]
     config.tokenizer.workdir = stage1_workdirs["workdir"]
     writer = MetricWriter(tmp_path)
-    SampleWriter(config, mesh_of(1, 1), model, tmp_path).write(params, 3, writer)
+    sample_writer = SampleWriter(config, mesh_of(1, 1), model, tmp_path)
+    sample_writer.write(params, 3, writer)
     writer.close()
-    frames = iio.imread(tmp_path / "samples" / "train_step_00000003.gif")
+    frames = iio.imread(tmp_path / "samples" / "train_step_00000003.gif")[..., :3]
     num_clips, num_frames = config.sample.num_clips, config.sample.num_frames
     assert frames.shape[0] == num_frames
     assert frames.shape[1:3] == (3 * (16 + 4), num_clips * (32 + 4))  # rows: generated,
     # reconstructed, ground truth; each image padded by 2 pixels on every side
+
+    def cell(t: int, row: int, clip: int) -> np.ndarray:
+        top, left = row * (16 + 4) + 2, clip * (32 + 4) + 2
+        return frames[t, top:top + 16, left:left + 32].astype(np.float32)
+
+    truth = sample_writer.held_out_clips().astype(np.float32)
+    # GIF palettes quantise colours, so cells match their source to a few levels, not exactly;
+    # a frame of another clip or time is much further away.
+    for clip in range(num_clips):
+        for t in range(num_frames):
+            assert np.abs(cell(t, 2, clip) - truth[clip, t]).mean() < 6  # the ground truth
+        for t in (0, num_frames - 1):  # generation starts and ends on the given frames
+            assert np.abs(cell(t, 0, clip) - truth[clip, t]).mean() < 6
+    assert np.abs(truth[0, 0] - truth[1, 0]).mean() > 20
 
 
 def test_configs_are_complete_and_checked():
