@@ -1,4 +1,6 @@
 """Config checking, mesh construction and optimiser schedules."""
+import pathlib
+
 import jax
 import ml_collections
 import numpy as np
@@ -9,10 +11,21 @@ from ganime_jax import config_check, mesh as mesh_lib
 from ganime_jax.errors import UserError
 from ganime_jax.train import optimizers
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
-def test_reference_config_passes_its_own_check():
-    config = vqgan_kny.get_config()
-    config_check.check_fields(config, vqgan_kny.get_config(), "ref")
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                                        if p.stem != "__init__"))
+def test_every_shipped_config_has_exactly_its_stages_reference_fields(name):
+    """Each config in configs/ carries every field of its stage's reference config and no
+    other (a field added to one config only, or dropped from it, fails here)."""
+    import importlib
+
+    from configs import gpt_kny
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    reference = {"vqgan": vqgan_kny, "gpt": gpt_kny}[config.stage].get_config()
+    assert set(config_check.flatten(config)) == set(config_check.flatten(reference))
 
 
 def test_missing_field_is_named():
