@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     # No tanh on the output: most pixels are exactly black (-1), and L1 keeps pushing them
     # there, so a tanh saturates and its gradient vanishes for the digits too (with it, a run
     # used one code at every logged step and its gradient norm fell from 3.3 to 0.002 by step
-    # 250: black frames; without it, 17 codes in use by step 150 and a norm of 3.3).
+    # 250: black frames; without it, 30 codes in use at step 150 and a norm of 3.3).
     config.model.update(num_embeddings=512, attention_resolutions=(8,), output_tanh=False)
     config.loss.perceptual_start = 1_500
     config.loss.disc_start = 3_000
