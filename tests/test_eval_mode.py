@@ -204,13 +204,15 @@ def test_a_second_eval_is_served_from_the_cache_and_a_new_truth_is_not(sampled, 
         SetCache.for_truth(folder, changed, True).i3d_features(changed, no_work)
 
 
-def test_cross_fade_and_hold_on_hand_made_clips():
-    first, last = np.zeros((2, 3, 4, 3), np.uint8), np.full((2, 3, 4, 3), 200, np.uint8)
-    for num_frames, faded, held in ((5, [0, 50, 100, 150, 200], [0, 0, 0, 200, 200]),
-                                    (4, [0, 67, 133, 200], [0, 0, 200, 200])):
+def test_cross_fade_hold_and_black_on_hand_made_clips():
+    first, last = np.full((2, 3, 4, 3), 10, np.uint8), np.full((2, 3, 4, 3), 210, np.uint8)
+    for num_frames, faded, held, black in (
+            (5, [10, 60, 110, 160, 210], [10, 10, 10, 210, 210], [10, 0, 0, 0, 210]),
+            (4, [10, 77, 143, 210], [10, 10, 210, 210], [10, 0, 0, 210])):
         clips = np.concatenate([first[:, None]] + [np.full((2, num_frames - 2, 3, 4, 3), 77,
                                                            np.uint8)] + [last[:, None]], axis=1)
-        for fn, expected in ((baselines.cross_fade, faded), (baselines.hold, held)):
+        for fn, expected in ((baselines.cross_fade, faded), (baselines.hold, held),
+                             (baselines.black, black)):
             out = fn(clips)
             assert out.dtype == np.uint8 and out.shape == clips.shape
             np.testing.assert_array_equal(
@@ -307,15 +309,20 @@ def test_main_py_eval_end_to_end_greedy_runs_once(setup):
 def test_a_tokenizer_alone_needs_no_gpt_checkpoint(sampled, setup, tmp_path):
     """Without "model" in config.evaluate.methods: the baselines only, from the cache."""
     config = _config(setup, "tokenizer_only", fvd=True,
-                     methods=("hold", "reconstruction", "cross_fade"))
+                     methods=("black", "hold", "reconstruction", "cross_fade"))
     results = run.run_eval(config, str(tmp_path / "no_gpt_run"))
-    assert list(results["methods"]) == METHODS[1:]  # table order, whatever the config's order
+    # table order, whatever the config's order
+    assert list(results["methods"]) == METHODS[1:] + ["black"]
     assert results["checkpoint_step"] is None and results["seeds_run"] == []
     for name in METHODS[1:]:
         assert results["methods"][name]["runs"] == sampled["results"]["methods"][name]["runs"]
+    black = results["methods"]["black"]["runs"][0]
+    truth = run.heldout_truth(config, run.settings_from_config(config))
+    np.testing.assert_allclose(black["psnr"], np.mean(image.psnr(
+        truth[:, 1:-1], np.zeros_like(truth[:, 1:-1]))), rtol=1e-5)
     table = (setup["root"] / "tokenizer_only" / report.TABLE_NAME).read_text(encoding="utf-8")
-    assert "no model: config.evaluate.methods selects reconstruction, cross_fade, hold only." in (
-        table)
+    assert ("no model: config.evaluate.methods selects reconstruction, cross_fade, hold, black "
+            "only.") in table
     assert "- model:" not in table and "seeds" not in table
     for methods, message in [((), "config.evaluate.methods=\\(\\)"),
                              (("model", "blur"), "'blur'.*give distinct names"),

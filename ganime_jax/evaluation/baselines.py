@@ -5,6 +5,7 @@ first and last frames are the given ones (as generation keeps them), so that all
 scored on the same in-between frames 1..T-2.
 - `cross_fade`: a linear blend from the first to the last frame;
 - `hold`: the first frame held, then the last (each in-between frame copies the nearer end);
+- `black`: all-black in-between frames (on Moving MNIST, mostly black, a floor for SSIM);
 - `vqgan_reconstruction`: the true in-between frames through the frozen VQ-GAN's encoder and
   decoder, the best a transformer predicting the true tokens could do.
 """
@@ -41,6 +42,13 @@ def hold(clips: np.ndarray) -> np.ndarray:
     use_last = _blend_weights(clips.shape[1]) > 0.5
     index = np.where(use_last, clips.shape[1] - 1, 0)
     return clips[:, index]
+
+
+def black(clips: np.ndarray) -> np.ndarray:
+    """Every in-between frame all zeros; the ends stay as given."""
+    out = _check_clips(clips).copy()
+    out[:, 1:-1] = 0
+    return out
 
 
 def vqgan_reconstruction(tokenizer: generation.FrameTokenizer, clips: np.ndarray,

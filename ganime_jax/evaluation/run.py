@@ -35,10 +35,12 @@ CACHE_SUBDIR = "eval_cache"  # under data_root when feature_cache_dir is ""
 MODEL = "model"
 # The deterministic methods, made once each, in table order after the model.
 BASELINE_LABELS = {"reconstruction": "VQ-GAN reconstruction (ceiling)",
-                   "cross_fade": "cross-fade", "hold": "hold first, then last"}
-# Everything, in table order: what `config.evaluate.methods` selects from (and the default of
-# configs written before that field existed).
+                   "cross_fade": "cross-fade", "hold": "hold first, then last",
+                   "black": "all-black frame"}
+# Everything, in table order: what `config.evaluate.methods` selects from.
 ALL_METHODS = (MODEL, *BASELINE_LABELS)
+# What configs written before `config.evaluate.methods` existed evaluate.
+DEFAULT_METHODS = (MODEL, "reconstruction", "cross_fade", "hold")
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
@@ -97,7 +99,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
     for name in ("batch_size", "i3d_batch_size", "metrics_batch_size"):
         if section[name] < 1:
             raise UserError(f"config.evaluate.{name} must be at least 1, got {section[name]}.")
-    methods = tuple(section.get("methods", ALL_METHODS))
+    methods = tuple(section.get("methods", DEFAULT_METHODS))
     unknown = [m for m in methods if m not in ALL_METHODS]
     if not methods or unknown or len(set(methods)) != len(methods):
         raise UserError(f"config.evaluate.methods={methods!r}: give distinct names out of "
@@ -147,6 +149,8 @@ def baseline_set(name: str, tokenizer: generation.FrameTokenizer, truth: np.ndar
         return baselines.cross_fade(truth)
     if name == "hold":
         return baselines.hold(truth)
+    if name == "black":
+        return baselines.black(truth)
     decode_batch_size = generation.default_decode_batch_size()
     return map_in_batches(
         lambda _, clips: baselines.vqgan_reconstruction(tokenizer, clips,
