@@ -10,7 +10,7 @@ layers reach 9 frames back.
 """
 import ml_collections
 
-from configs import gpt_demo, gpt_kny
+from configs import gpt_demo
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -20,9 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_frames = 20
     config.data.max_frames = 20
     config.model.frame_tokens = 64
-    config.model.gpt = gpt_kny.gpt_fields(vocab_size=512, n_positions=64, n_embd=128, n_layer=4,
-                                          n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
-                                          resid_pdrop=0.0)
+    config.model.gpt.update(vocab_size=512, n_positions=64)
     config.sample.num_frames = 20
     config.evaluate.num_frames = 20
     # Moving MNIST is mostly black: an all-black frame scores SSIM 0.71 there (issue 11).

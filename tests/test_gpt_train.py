@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from configs import gpt_demo, gpt_kny, gpt_tiny
+from configs import gpt_demo, gpt_kny, gpt_mnist_demo, gpt_tiny
 from ganime_jax import conditioning, config_check
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import LAYOUTS
@@ -281,7 +281,7 @@ def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs,
 
 def test_configs_are_complete_and_checked():
     reference = gpt_kny.get_config()
-    for module in (gpt_tiny, gpt_demo):
+    for module in (gpt_tiny, gpt_demo, gpt_mnist_demo):
         config = module.get_config()
         config.tokenizer.workdir = "w"
         config_check.check_fields(config, reference, "configs/gpt_kny.py")
