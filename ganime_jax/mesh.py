@@ -1,4 +1,7 @@
 """Device mesh and shardings. Two axes: `data` (batch) and `fsdp` (parameters)."""
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import ml_collections
 import numpy as np
@@ -80,7 +83,7 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch size
 RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def run_once(fn, *args, out_shardings=None):
+def run_once(fn: Callable[..., Any], *args: Any, out_shardings: Any = None) -> Any:
     """`jax.jit(fn, out_shardings=...)(*args)`, compiled with RUN_ONCE_COMPILER_OPTIONS."""
     compiled = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(
         compiler_options=RUN_ONCE_COMPILER_OPTIONS)
