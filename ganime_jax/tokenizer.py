@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ganime_jax import checkpointing, mesh as mesh_lib
+from ganime_jax.data import pixels
 from ganime_jax.errors import UserError
 from ganime_jax.models.vqgan import VQGAN
 
@@ -26,8 +27,7 @@ TRAIN_HINT = "train stage 1 first: python main.py --config=configs/vqgan_demo.py
 
 def encode_frames(model: VQGAN, params: Any, frames: jax.Array) -> jax.Array:
     """uint8 frames (B, H, W, 3) -> tokens (B, h*w) int32, the grid flattened row-major."""
-    x = frames.astype(jnp.float32) / 127.5 - 1.0
-    indices, _ = model.apply({"params": params}, x, method=model.encode)
+    indices, _ = model.apply({"params": params}, pixels.to_unit(frames), method=model.encode)
     return indices.reshape(indices.shape[0], -1).astype(jnp.int32)
 
 
@@ -36,7 +36,7 @@ def decode_tokens(model: VQGAN, params: Any, grid_shape: tuple[int, int],
     """tokens (B, h*w) -> uint8 frames (B, H, W, 3)."""
     indices = tokens.astype(jnp.int32).reshape(tokens.shape[0], *grid_shape)
     frames = model.apply({"params": params}, indices, method=model.decode)
-    return jnp.clip(jnp.round((frames + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return pixels.to_uint8(frames)
 
 
 @dataclasses.dataclass(frozen=True)

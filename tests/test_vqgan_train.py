@@ -12,7 +12,7 @@ import pytest
 
 from configs import vqgan_tiny
 from ganime_jax import checkpointing, mesh as mesh_lib
-from ganime_jax.data import pipeline, tfds_io
+from ganime_jax.data import pipeline, pixels, tfds_io
 from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import load_lpips_params
 from ganime_jax.train import vqgan_step, vqgan_task
@@ -166,7 +166,7 @@ def test_generator_gradients_equal_full_differentiation(setup):
     frame_shape = frames.shape[1:]
     state = mesh_lib.run_once(lambda key: vqgan_step.init_state(
         key, fns, frame_shape, config.model.num_embeddings), jax.random.key(1))
-    x = vqgan_step.frames_to_float(jnp.asarray(frames))
+    x = pixels.to_unit(jnp.asarray(frames))
     loss_cfg = config.loss
     kernel_path = ("decoder", "conv_out", "kernel")
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganime_jax.batching import map_in_batches
+from ganime_jax.data import pixels
 from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import LpipsParams, lpips_from_taps, lpips_taps
 
@@ -113,18 +114,14 @@ def per_position(values: jax.Array) -> jax.Array:
     return jnp.mean(values, axis=0)
 
 
-def _to_unit(frames: jax.Array) -> jax.Array:
-    return frames.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-
-
 @jax.jit
 def _taps_uint8(params: LpipsParams, frames: jax.Array) -> list[jax.Array]:
-    return lpips_taps(params, _to_unit(frames))
+    return lpips_taps(params, pixels.to_unit(frames))
 
 
 @jax.jit
 def _lpips_to_taps(params: LpipsParams, taps: list[jax.Array], frames: jax.Array) -> jax.Array:
-    return lpips_from_taps(params, taps, lpips_taps(params, _to_unit(frames)))
+    return lpips_from_taps(params, taps, lpips_taps(params, pixels.to_unit(frames)))
 
 
 def lpips_against(params: LpipsParams, truth: np.ndarray, others: Sequence[np.ndarray],

@@ -65,6 +65,3 @@ def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Frames in [-1, 1] -> uint8 [0, 255]."""
-    return np.clip(np.round((np.asarray(frames, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

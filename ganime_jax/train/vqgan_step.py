@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ganime_jax.data import pixels
 from ganime_jax.losses import gan
 from ganime_jax.losses.perceptual import lpips_distance
 from ganime_jax.models import quantizer, vqgan
@@ -35,11 +36,6 @@ class StepFns:
     disc: nn.Module = flax.struct.field(pytree_node=False)
     gen_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-
-def frames_to_float(frames: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return frames.astype(jnp.float32) / 127.5 - 1.0
 
 
 def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int],
@@ -77,7 +73,7 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     `loss.disc_start` and `loss.perceptual_start`). `rng`: the run's base key; this step's key
     folds in `state.step`, so a resumed run draws the keys an uninterrupted one would."""
     loss_cfg, codebook_cfg = config.loss, config.codebook
-    x = frames_to_float(batch["frames"])
+    x = pixels.to_unit(batch["frames"])
     dropout_rng, restart_rng = jax.random.split(jax.random.fold_in(rng, state.step))
 
     def generator(gen_params):

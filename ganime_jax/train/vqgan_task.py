@@ -11,13 +11,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from ganime_jax import checkpointing, mesh as mesh_lib
-from ganime_jax.data import pipeline, tfds_io
+from ganime_jax.data import pipeline, pixels, tfds_io
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.train import optimizers, vqgan_step
 from ganime_jax.train.loop import TrainingClock
-from ganime_jax.train.summary import MetricWriter, image_grid, to_uint8
+from ganime_jax.train.summary import MetricWriter, image_grid
 
 IMAGES_IN_GRID = 8
 
@@ -142,7 +142,7 @@ class VQGANTask:
                                                        tiled=True)[:IMAGES_IN_GRID]
             recon = self.reconstruct(state.gen_params, frames)
             writer.image(step, "train/input_over_reconstruction",
-                         image_grid([frames, to_uint8(recon)]))
+                         image_grid([frames, np.asarray(pixels.to_uint8(recon))]))
         if step % cfg.eval.every == 0:
             reached = clock.read()
             writer.scalars(step, {**self.evaluate(state), **reached}, prefix="eval")
@@ -188,12 +188,12 @@ class VQGANTask:
 
 def _reconstruction(gen_params, frames, *, fns: vqgan_step.StepFns):
     """(the VQ-GAN's output clipped to [-1, 1], its aux outputs) for uint8 `frames`."""
-    recon, aux = fns.model.apply({"params": gen_params}, vqgan_step.frames_to_float(frames))
+    recon, aux = fns.model.apply({"params": gen_params}, pixels.to_unit(frames))
     return jnp.clip(recon, -1.0, 1.0), aux
 
 
 def _eval_batch(gen_params, frames, lpips_params, *, fns: vqgan_step.StepFns):
-    x = vqgan_step.frames_to_float(frames)
+    x = pixels.to_unit(frames)
     recon, aux = _reconstruction(gen_params, frames, fns=fns)
     mse = jnp.mean(jnp.square((recon - x) / 2.0), axis=(1, 2, 3))
     stats = {
