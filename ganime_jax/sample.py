@@ -139,20 +139,13 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
     that are long enough; a one-line error ending in `lower_hint` when none is."""
     root, split = config.data.data_root, config.data.eval_split
     name = tfds_io.variant_name(config.data.dataset, "clips")
-    source = tfds_io.open_split(root, name, split)
     counts = tfds_io.dataset_summary(root, name)["splits"][split]["n_frames_counts"]
     longest = max((int(n) for n in counts), default=0)
     if longest < num_frames:
         raise UserError(f"no held-out clip of {name}/{split} has {num_frames} frames (the longest "
                         f"has {longest}); {lower_hint}.")
-    clips = []
-    for index in range(len(source)):
-        example = source[index]
-        if int(example["n_frames"]) >= num_frames:
-            clips.append(np.asarray(example["frames"])[:num_frames])
-            if len(clips) == count:
-                break
-    return np.stack(clips)
+    records = tfds_io.first_records(root, name, split, min_frames=num_frames, count=count)
+    return np.stack([np.asarray(r["frames"])[:num_frames] for r in records])
 
 
 def _grid_video(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -150,6 +150,21 @@ def open_split(data_root: str, name: str, split: str) -> SplitSource:
     return SplitSource(builder.as_data_source(split=split), name, split)
 
 
+def first_records(data_root: str, name: str, split: str, *, min_frames: int,
+                  count: int) -> list[dict[str, Any]]:
+    """The first `count` records of a split with at least `min_frames` frames, in split order:
+    the fixed held-out clips that eval, sampling and training summaries all show."""
+    source = open_split(data_root, name, split)
+    records = []
+    for index in range(len(source)):
+        if len(records) == count:
+            break
+        record = source[index]
+        if int(record["n_frames"]) >= min_frames:
+            records.append(record)
+    return records
+
+
 def _features(
     kind: str, frame_shape: tuple[int, ...], dtype: np.dtype
 ) -> tfds.features.FeaturesDict:

@@ -2,12 +2,10 @@
 and GIFs of held-out clips generated from their first and last frames."""
 import contextlib
 import functools
-import itertools
 import pathlib
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import flax.linen as nn
-import imageio.v3 as iio
 import jax
 import ml_collections
 import numpy as np
@@ -16,7 +14,7 @@ from jax.sharding import Mesh
 
 from ganime_jax import checkpointing, conditioning, generation, mesh as mesh_lib, multihost
 from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
-from ganime_jax.data import pipeline, tfds_io
+from ganime_jax.data import pipeline, tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
 from ganime_jax.models.ganime_transformer import LM_PARAMS
@@ -29,14 +27,7 @@ from ganime_jax.train.summary import MetricWriter, image_grid
 INIT_FIELDS = ("init_from_hf", "init_vocab_policy")
 # GPT2Config fields an imported checkpoint must share (sizes are checked by shape).
 HF_MATCHING_FIELDS = ("layer_norm_epsilon", "tie_word_embeddings")
-GIF_FRAME_MS = 125
 SAMPLES_DIR = "samples"
-
-
-def first_records(source: tfds_io.SplitSource, keep: Callable[[dict], bool],
-                  count: int) -> list[dict]:
-    """The first `count` records of a split that `keep` accepts."""
-    return list(itertools.islice(filter(keep, (source[i] for i in range(len(source)))), count))
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> Transformer:
@@ -200,9 +191,9 @@ class GPTTask:
         if self._eval_batches is None:
             cfg = self.config
             name = tfds_io.variant_name(cfg.data.dataset, "tokens")
-            source = tfds_io.open_split(cfg.data.data_root, name, cfg.data.eval_split)
-            records = first_records(source, lambda r: r["n_frames"] >= cfg.data.min_frames,
-                                    cfg.eval.num_batches * cfg.eval.batch_size)
+            records = tfds_io.first_records(cfg.data.data_root, name, cfg.data.eval_split,
+                                            min_frames=cfg.data.min_frames,
+                                            count=cfg.eval.num_batches * cfg.eval.batch_size)
             clips = [r["tokens"][:cfg.data.max_frames] for r in records]
             if not clips:
                 raise UserError(f"no clip of {name} split "
@@ -273,9 +264,8 @@ class SampleWriter:
             if not tfds_io.dataset_exists(cfg.data.data_root, name):
                 logging.warning("no %s in %s: no sample GIFs", name, cfg.data.data_root)
                 return None
-            source = tfds_io.open_split(cfg.data.data_root, name, cfg.data.eval_split)
-            records = first_records(source, lambda r: r["n_frames"] >= length,
-                                    cfg.sample.num_clips)
+            records = tfds_io.first_records(cfg.data.data_root, name, cfg.data.eval_split,
+                                            min_frames=length, count=cfg.sample.num_clips)
             if not records:
                 logging.warning("no %s clip has %d frames: no sample GIFs", name, length)
                 return None
@@ -305,6 +295,4 @@ class SampleWriter:
                                for t in range(clips.shape[1])])
             path = self.workdir / SAMPLES_DIR / f"train_step_{step:08d}.gif"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.gif")
-            iio.imwrite(tmp, frames, extension=".gif", duration=GIF_FRAME_MS, loop=0)
-            tmp.replace(path)
+            video_io.write_gif(path, frames, fps=self.config.sample.fps)
