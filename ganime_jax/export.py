@@ -14,10 +14,7 @@ import datetime
 import json
 import pathlib
 import shlex
-import shutil
 import sys
-import tempfile
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,17 +86,6 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
                         "replaces a bundle: remove it yourself or choose another --out.")
 
 
-def _publish(staging: pathlib.Path, out: pathlib.Path) -> None:
-    """Renames `staging` to `out`, replacing an old `out` only once the new one is in place."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old)
-
-
 def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir: pathlib.Path,
            vqgan_workdir: pathlib.Path, example_clip: int, command: str) -> None:
     clip = _example_clip(config, example_clip)
@@ -153,13 +139,8 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                         "not a GPT; give --gpt_workdir of a stage-2 (gpt) run.")
     if vqgan_workdir is None:
         vqgan_workdir = config.tokenizer.workdir
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with writable.staged_folder(out) as staging:
         _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip, command)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -1,13 +1,18 @@
-"""Checks, made before any long work starts, that an output place can be written.
+"""Writing outputs safely: checks, made before any long work starts, that an output place can
+be written, and folders that appear whole or not at all.
 
 A folder that does not exist yet is judged by its nearest existing ancestor, which must be a
 folder (not a file) in which a file can actually be created: a probe file is made and removed
 there, which also catches read-only file systems and places like /proc where permission bits
 say yes.
 """
+import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
+import uuid
+from typing import Iterator
 
 from ganime_jax.errors import UserError
 
@@ -46,3 +51,26 @@ def check_file(path: str | os.PathLike, what: str) -> None:
         raise UserError(f"{what} {path} is a folder; name the file to write in it, e.g. "
                         f"{path / 'clip.mp4'}.")
     check_folder(path.parent, f"the folder of {what}")
+
+
+@contextlib.contextmanager
+def staged_folder(out: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A fresh folder beside `out` to write into, renamed to `out` when the block succeeds and
+    removed when it fails. An old `out` is removed only once the new one is in place, and
+    leftovers of an interrupted earlier run are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for kind in ("tmp", "old"):
+        for leftover in out.parent.glob(f".{out.name}.{kind}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -251,7 +251,7 @@ def _largest_file(folder: pathlib.Path) -> pathlib.Path:
 
 
 def test_unwritable_outputs_and_damaged_checkpoints_fail_before_any_work(setup, tmp_path):
-    root, pair = setup["root"], dict(first=setup["first"], last=setup["last"])
+    pair = dict(first=setup["first"], last=setup["last"])
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     (tmp_path / "folder").mkdir()

@@ -14,8 +14,6 @@ optimiser) and its config, written to a temporary folder, read back through the 
 loader, then renamed to `--out`; give it as `config.tokenizer.workdir` of a stage-2 config.
 """
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -83,17 +81,10 @@ def convert(source: str, checkpoint: str, config, out: str | pathlib.Path, *, pr
             "" if not overwrite else " (--overwrite only replaces a converted workdir)") + ".")
     writable.check_folder(out.parent, "the folder of --out")
     weights = load_taming_checkpoint(checkpoint, VQGAN(**config.model), prefix=prefix)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with writable.staged_folder(out) as staging:
         checkpointing.write_params_checkpoint(staging, STEP, {GEN_PARAMS: weights.vqgan_params},
                                               config)
         tokenizer = load_tokenizer(staging)  # read back as stage 2 will read it
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return (f"converted {checkpoint} ({source}) -> {out}: {_summary(weights.vqgan_params)}; "
             f"{tokenizer.num_embeddings} codes, frames {tuple(tokenizer.frame_shape)} -> "
             f"{tokenizer.frame_tokens} tokens. Use it as --config.tokenizer.workdir={out}")
