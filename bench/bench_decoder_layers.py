@@ -13,9 +13,7 @@ calls after a warm-up; each rewrite's largest difference from the lax conv is re
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import timing  # noqa: E402
 from bench.cpu_info import cpu_description  # noqa: E402
 from ganime_jax.models.layers import GroupNorm  # noqa: E402
 
@@ -33,13 +32,7 @@ NORM_GROUPS, NORM_EPS = 32, 1e-6
 
 
 def milliseconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 2)
+    return round(timing.timed(fn, repeats)["median_s"] * 1e3, 2)
 
 
 def conv_lax(x: jax.Array, k: jax.Array) -> jax.Array:

@@ -8,9 +8,7 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -18,20 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import timing  # noqa: E402
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance  # noqa: E402
-
-
-def _time_ms(fn: Callable[[], jax.Array], iters: int) -> dict[str, float]:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    compile_ms = (time.perf_counter() - start) * 1e3
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"first_call_ms": round(compile_ms, 1), "median_ms": round(statistics.median(times), 1),
-            "min_ms": round(min(times), 1)}
 
 
 def _bench(distance: Callable[[Any, jax.Array, jax.Array], jax.Array], params: Any,
@@ -39,8 +25,8 @@ def _bench(distance: Callable[[Any, jax.Array, jax.Array], jax.Array], params: A
     """Params are jit arguments (as in the train step), never closed-over constants."""
     fwd = jax.jit(lambda p, a, b: distance(p, a, b).mean())
     fwd_bwd = jax.jit(jax.value_and_grad(lambda p, a, b: distance(p, a, b).mean(), argnums=1))
-    return {"forward": _time_ms(lambda: fwd(params, x, y), iters),
-            "forward_backward": _time_ms(lambda: fwd_bwd(params, x, y), iters)}
+    return {"forward": timing.timed(lambda: fwd(params, x, y), iters),
+            "forward_backward": timing.timed(lambda: fwd_bwd(params, x, y), iters)}
 
 
 def main() -> None:

