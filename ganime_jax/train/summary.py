@@ -63,5 +63,3 @@ def image_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Stacks rows of images (each (N, H, W, 3) uint8) into one padded (H', W', 3) grid."""
     rows = [np.pad(r, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=255) for r in rows]
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-
-
