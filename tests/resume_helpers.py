@@ -14,6 +14,10 @@ from ganime_jax.train.summary import read_metrics
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 POLL_S = 0.05
+# The training runs these tests start are tiny and spend most of their time compiling (the
+# VQ-GAN + LPIPS + discriminator step: about 25-35 s per program at XLA's default level, 14-19 s
+# at level 0 on one AVX-512 core). The runs a test compares are all compiled alike.
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def main_command(config: str, workdir: pathlib.Path, *flags: str) -> list[str]:
@@ -50,7 +54,8 @@ def check_killed_run_resumes(command: Callable[[pathlib.Path], list[str]],
 
     Returns the uninterrupted run's metrics by step.
     """
-    env = {**os.environ, "XLA_FLAGS": ""}  # one device; the session's compilation cache
+    # one device; the session's compilation cache
+    env = {**os.environ, "XLA_FLAGS": FAST_COMPILE_XLA_FLAGS}
     reference = _run(command(tmp_path / "ref"), env)
     assert "trained" in reference.stdout
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ganime_jax.train.summary import read_metrics
-from resume_helpers import REPO, main_command
+from resume_helpers import FAST_COMPILE_XLA_FLAGS, REPO, main_command
 
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -31,7 +31,8 @@ RTOL = 2e-5  # all-reduces over gloo sum in another order than one process's
 
 def _env(devices: int) -> dict[str, str]:
     """`devices` fake CPU devices; the session's compilation cache (conftest.py)."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    flags = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAGS}"
+    return {**os.environ, "XLA_FLAGS": flags,
             "JAX_PLATFORMS": "cpu"}
 
 
