@@ -93,9 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Dead-code restart: every `restart_every` steps (0: never), codes whose usage EMA (decay
     # `usage_decay`, starting at 0) is below `min_usage` times the uniform share
-    # 1/num_embeddings are re-initialised from random encoder outputs of the batch.
+    # 1/num_embeddings are re-initialised from random encoder outputs of the batch, drawn
+    # uniformly or, with restart_sampling "error", in proportion to their squared distance to
+    # the nearest live code (models/quantizer.restart_dead_codes).
     config.codebook = ml_collections.ConfigDict()
     config.codebook.restart_every = 0
+    config.codebook.restart_sampling = "uniform"
     config.codebook.usage_decay = 0.99
     config.codebook.min_usage = 0.1
 

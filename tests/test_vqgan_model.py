@@ -177,6 +177,25 @@ def test_restart_dead_codes_replaces_exactly_the_dead_ones():
     assert not np.any(np.all(new[dead][:, None] == codebook[None], axis=-1))
 
 
+def test_error_weighted_restart_draws_the_outputs_far_from_the_live_codes():
+    # Live codes 0 and 2 sit on the first cluster of outputs; the second cluster is quantised
+    # badly. D^2 sampling restarts codes there; uniform sampling mostly lands on the first.
+    codebook = np.array([[0.0, 0.0], [50.0, 50.0], [0.1, 0.0], [60.0, 60.0]], np.float32)
+    usage = np.array([1.0, 0.0, 1.0, 0.0])
+    near = np.random.default_rng(0).normal(scale=0.01, size=(95, 2))
+    far = np.random.default_rng(1).normal(loc=(5.0, -5.0), scale=0.01, size=(5, 2))
+    outputs = np.concatenate([near, far]).astype(np.float32)
+    restart = jax.jit(quantizer.restart_dead_codes, static_argnames=("sampling", "l2_normalized"))
+    far_picks = {}
+    for sampling in quantizer.RESTART_SAMPLING:
+        picks = [np.asarray(restart(codebook, usage, outputs, jax.random.key(seed), 0.5,
+                                    sampling=sampling))[[1, 3]] for seed in range(20)]
+        far_picks[sampling] = np.mean(np.concatenate(picks)[:, 0] > 2.5)
+        for new in picks:
+            assert all(np.any(np.all(outputs == row, axis=1)) for row in new)
+    assert far_picks["error"] > 0.95 and far_picks["uniform"] < 0.2, far_picks
+
+
 def test_bfloat16_compute_is_close_to_float32(tiny):
     _, variables, frames, recon, aux = tiny
     model = VQGAN(**{**TINY, "dtype": "bfloat16"})

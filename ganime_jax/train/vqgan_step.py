@@ -115,7 +115,8 @@ def train_step(state: VQGANState, batch: dict, rng: jax.Array, lpips_params: Any
     code_usage = (codebook_cfg.usage_decay * state.code_usage
                   + (1.0 - codebook_cfg.usage_decay) * batch_usage)
     gen_params, code_usage, restarted = _maybe_restart_codes(
-        gen_params, code_usage, aux, restart_rng, state.step + 1, codebook_cfg)
+        gen_params, code_usage, aux, restart_rng, state.step + 1, codebook_cfg,
+        config.model.l2_normalize_codes)
     metrics.update(usage_fraction=aux["usage_fraction"], perplexity=aux["perplexity"])
     metrics["codes_alive"] = jnp.mean(code_usage >= codebook_cfg.min_usage / num_codes)
     metrics["codes_restarted"] = restarted
@@ -172,7 +173,7 @@ def _output_kernel_grads(gen_params, features, fns: StepFns, recon_grads):
     return tuple(output_vjp(g)[0]["kernel"] for g in recon_grads)
 
 
-def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
+def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg, l2_normalized):
     """Re-initialises dead codes from this batch's encoder outputs every `restart_every` steps."""
     if codebook_cfg.restart_every <= 0:
         return gen_params, code_usage, jnp.zeros((), jnp.float32)
@@ -181,8 +182,9 @@ def _maybe_restart_codes(gen_params, code_usage, aux, rng, step, codebook_cfg):
     dead = code_usage < min_usage
     due = (step % codebook_cfg.restart_every) == 0
     codebook = quantizer.get_codebook(gen_params)
-    restarted = quantizer.restart_dead_codes(codebook, code_usage, aux["encoder_latents"], rng,
-                                             min_usage)
+    restarted = quantizer.restart_dead_codes(
+        codebook, code_usage, aux["encoder_latents"], rng, min_usage,
+        sampling=codebook_cfg.restart_sampling, l2_normalized=l2_normalized)
     codebook = jnp.where(due, restarted, codebook)
     # A restarted code starts at the uniform share: it has time to be picked before it counts
     # as dead again.
