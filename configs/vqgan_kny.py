@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.upsample = "nearest_conv"
     config.model.scaled_attention = True
     config.model.attention_placement = "taming"
+    # True (ours): tokens that depend only on nearby pixels (models/vqgan.py, VQGAN).
+    config.model.encoder_local = False
     config.model.dtype = "float32"
     config.model.param_dtype = "float32"
 

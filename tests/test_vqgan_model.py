@@ -196,6 +196,27 @@ def test_error_weighted_restart_draws_the_outputs_far_from_the_live_codes():
     assert far_picks["error"] > 0.95 and far_picks["uniform"] < 0.2, far_picks
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_a_local_encoder_keeps_the_latents_beyond_its_receptive_field(local):
+    # 16x64 frames -> a 4x16 grid (4 pixels a token). The tiny local encoder's receptive field
+    # is 45 pixels wide (conv_in, two 3x3 convs per level, two stride-2 downsamplings and
+    # conv_out), so painting columns 0-3 may move the latents of grid columns 0-6 only. With
+    # the frame-wide norms and attention of taming's encoder, every latent moves.
+    model = VQGAN(**TINY, encoder_local=local)
+    frames = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (1, 16, 64, 3)), jnp.float32)
+    painted = frames.at[:, :, :4].set(1.0)
+    variables = jax.jit(model.init)(_key(0), frames)
+    latents = [np.asarray(jax.jit(model.apply)(variables, f)[1]["encoder_latents"][0])
+               for f in (frames, painted)]
+    moved = np.any(latents[0] != latents[1], axis=(0, 2))  # per grid column
+    assert moved[0]
+    if local:
+        assert not moved[7:].any(), moved
+        assert "mid" not in variables["params"]["encoder"]
+    else:
+        assert moved.all(), moved
+
+
 def test_bfloat16_compute_is_close_to_float32(tiny):
     _, variables, frames, recon, aux = tiny
     model = VQGAN(**{**TINY, "dtype": "bfloat16"})

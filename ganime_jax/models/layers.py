@@ -50,11 +50,15 @@ class GroupNorm(nn.Module):
     """GroupNorm over (H, W, channels of the group), statistics and affine in float32.
 
     Returns `dtype`. Two-pass variance (mean first), so large activations keep their precision.
+    per_position: statistics over the group's channels at each position only (with one group,
+    a LayerNorm over channels), so an output depends on nothing outside the conv stack's
+    receptive field.
     """
     num_groups: int
     epsilon: float = GROUP_NORM_EPS
     dtype: DType = jnp.float32
     scale_init: Callable = nn.initializers.ones
+    per_position: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,6 +71,12 @@ class GroupNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
         batch = x.shape[0]
         x = x.astype(jnp.float32)
+        if self.per_position:
+            groups = x.reshape(*x.shape[:-1], self.num_groups, channels // self.num_groups)
+            centred = groups - jnp.mean(groups, axis=-1, keepdims=True)
+            inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+                                    + self.epsilon)
+            return ((centred * inv_std).reshape(x.shape) * scale + bias).astype(self.dtype)
         count = x[0].size // self.num_groups
 
         def group_mean(values: jax.Array) -> jax.Array:
@@ -92,12 +102,14 @@ class ResnetBlock(nn.Module):
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
     norm_eps: float = GROUP_NORM_EPS
+    per_position_norm: bool = False  # see GroupNorm.per_position
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm1")(x))
+        norm = dict(epsilon=self.norm_eps, dtype=self.dtype, per_position=self.per_position_norm)
+        h = nn.swish(GroupNorm(self.num_groups, name="norm1", **norm)(x))
         h = conv(self.out_channels, 3, "conv1", self.dtype, self.param_dtype)(h)
-        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm2")(h))
+        h = nn.swish(GroupNorm(self.num_groups, name="norm2", **norm)(h))
         if self.dropout > 0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(self.out_channels, 3, "conv2", self.dtype, self.param_dtype)(h)

@@ -85,6 +85,7 @@ class Level(nn.Module):
     resample_kind: str  # a Downsample or Upsample kind (see `layers`)
     norm_eps: float = GROUP_NORM_EPS
     scaled_attention: bool = True
+    per_position_norm: bool = False  # see layers.GroupNorm.per_position
 
     @nn.compact
     def __call__(self, h: jax.Array, train: bool) -> jax.Array:
@@ -92,7 +93,7 @@ class Level(nn.Module):
         norm = dict(kw, norm_eps=self.norm_eps)
         for i, attention in enumerate(self.attention):
             h = ResnetBlock(self.out_channels, self.num_groups, self.dropout, name=f"block_{i}",
-                            **norm)(h, train)
+                            per_position_norm=self.per_position_norm, **norm)(h, train)
             if attention:
                 h = AttnBlock(self.num_groups, name=f"attn_{i}", scaled=self.scaled_attention,
                               **norm)(h)
@@ -134,6 +135,7 @@ class Encoder(nn.Module):
     scaled_attention: bool = True
     downsample: str = "strided_conv"
     attention_placement: str = "taming"
+    local: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -145,13 +147,18 @@ class Encoder(nn.Module):
         h = conv(self.channels, 3, "conv_in", **kw)(x.astype(self.dtype))
         attention = encoder_attention(self.resolution, self.attention_resolutions, num_levels,
                                       self.num_res_blocks, self.attention_placement)
+        if self.local:
+            attention = [(False,) * len(flags) for flags in attention]
+        groups = 1 if self.local else self.num_groups
         for i, mult in enumerate(self.channel_multipliers):
             last = i == num_levels - 1
             h = Level(self.channels * mult, attention[i], "" if last else "downsample",
-                      self.num_groups, self.dropout, name=f"down_{i}",
-                      resample_kind=self.downsample, **attn, **kw)(h, train)
-        h = MidBlock(self.num_groups, self.dropout, name="mid", **attn, **kw)(h, train)
-        h = nn.swish(GroupNorm(self.num_groups, self.norm_eps, self.dtype, name="norm_out")(h))
+                      groups, self.dropout, name=f"down_{i}", resample_kind=self.downsample,
+                      per_position_norm=self.local, **attn, **kw)(h, train)
+        if not self.local:
+            h = MidBlock(self.num_groups, self.dropout, name="mid", **attn, **kw)(h, train)
+        h = nn.swish(GroupNorm(groups, self.norm_eps, self.dtype, name="norm_out",
+                               per_position=self.local)(h))
         return conv(self.z_channels, 3, "conv_out", **kw)(h)
 
 
@@ -224,7 +231,13 @@ class VQGAN(nn.Module):
     shuffle), so no layer runs at full resolution; the token grid is then (H, W) /
     (p * 2^(levels-1)). 1 is taming's layout. downsample ("strided_conv" or "avgpool_conv"),
     upsample ("nearest_conv" or "bilinear_conv"), scaled_attention: taming's layers, or
-    (avgpool_conv, bilinear_conv, False) GANime's TensorFlow ones; see `layers`. dtype:
+    (avgpool_conv, bilinear_conv, False) GANime's TensorFlow ones; see `layers`.
+    encoder_local (ours; the originals have False): an encoder whose tokens depend only on the
+    pixels around them, so that a thing that moves moves its tokens and an unchanged
+    background keeps its own: no attention, no mid block, and each norm takes its statistics
+    over the channels of one position (a LayerNorm) instead of over the whole frame. (A
+    taming encoder's frame-wide norms and attention let one changed patch change tokens
+    anywhere.) The decoder is unchanged. dtype:
     compute dtype ("float32" or "bfloat16");
     parameters, GroupNorm and the quantiser stay float32.
     """
@@ -251,6 +264,7 @@ class VQGAN(nn.Module):
     upsample: str = "nearest_conv"
     scaled_attention: bool = True
     attention_placement: str = "taming"
+    encoder_local: bool = False
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
@@ -266,7 +280,8 @@ class VQGAN(nn.Module):
                       patch_size=self.patch_size, norm_eps=self.norm_eps,
                       scaled_attention=self.scaled_attention)
         self.encoder = Encoder(z_channels=self.z_channels, downsample=self.downsample,
-                               attention_placement=self.attention_placement, **shared)
+                               attention_placement=self.attention_placement,
+                               local=self.encoder_local, **shared)
         self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
         self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,
                                         self.legacy_loss, self.l2_normalize_codes,
