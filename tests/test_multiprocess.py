@@ -80,13 +80,14 @@ def _assert_same_losses(got: dict, expected: dict, steps, keys: tuple[str, ...])
 
 
 def test_vqgan_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tmp_path):
-    num_steps = 6
+    # The discriminator from step 0: one compiled training step per run (with a later start,
+    # each process compiles two). Codes restart at steps 2 and 4, checkpoints at 2 and 4.
+    num_steps, resume_step = 4, 2
 
     def command(workdir: pathlib.Path) -> list[str]:
         return main_command("configs/vqgan_tiny.py", workdir, *MESH_FLAGS,
                             f"--config.data.data_root={tmp_path / 'datasets'}",
-                            f"--config.train.num_steps={num_steps}",
-                            "--config.train.keep_checkpoints=3")
+                            f"--config.train.num_steps={num_steps}", "--config.loss.disc_start=0")
 
     # The 2-process run comes first: process 0 builds the embedded dataset while 1 waits for it.
     outputs = _finish(_start(command(tmp_path / "two")))
@@ -98,17 +99,19 @@ def test_vqgan_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tm
     assert sorted(got) == list(range(1, num_steps + 1))
     keys = ("loss", "rec_loss", "l1", "lpips", "d_loss", "codes_restarted")
     _assert_same_losses(got, expected, range(1, num_steps + 1), keys)
-    eval_one, eval_two = (read_metrics(tmp_path / d, "eval")[4] for d in ("one", "two"))
+    eval_one, eval_two = (read_metrics(tmp_path / d, "eval")[num_steps] for d in ("one", "two"))
     np.testing.assert_allclose(eval_two["psnr"], eval_one["psnr"], rtol=RTOL)
     assert list((tmp_path / "two" / "tensorboard").iterdir())  # image grids were written
 
-    # The 2-process checkpoint of step 4, resumed by one process, finishes like the reference.
+    # The 2-process checkpoint of step 2, resumed by one process, finishes like the reference.
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "two" / "checkpoints" / "4", resumed / "checkpoints" / "4")
+    shutil.copytree(tmp_path / "two" / "checkpoints" / str(resume_step),
+                    resumed / "checkpoints" / str(resume_step))
     output = _run_one_process(command(resumed))
-    assert "resumed from the checkpoint of step 4" in output
-    _assert_same_losses(read_metrics(resumed), expected, (5, 6), keys)
+    assert f"resumed from the checkpoint of step {resume_step}" in output
+    _assert_same_losses(read_metrics(resumed), expected, range(resume_step + 1, num_steps + 1),
+                        keys)
 
 
 def _kill_all_after_first_checkpoint(processes: list[subprocess.Popen],

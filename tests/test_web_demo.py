@@ -27,6 +27,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NUM_FRAMES = 5  # short clips: the test pays for one compile per length
 SERVER_START_S = 180
 GENERATE_TIMEOUT_MS = 240_000
+# Playwright's default of 30 s per action: a click once took longer than that on a core shared
+# with a compile (the browser had no CPU to take the input); generous, a real hang still fails.
+ACTION_TIMEOUT_MS = 120_000
 # Set to a path to keep the browser's screenshot of the page after a generation (the README's).
 SCREENSHOT_ENV = "GANIME_DEMO_SCREENSHOT"
 
@@ -138,6 +141,7 @@ def test_the_page_in_a_browser(server, demo_run, tmp_path):
                                              args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1400},
                                 accept_downloads=True)
+        page.set_default_timeout(ACTION_TIMEOUT_MS)
         page.goto(server["url"])
         _upload(page, "first", demo_run.first)
         _upload(page, "last", demo_run.last)
