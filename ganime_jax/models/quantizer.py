@@ -133,7 +133,7 @@ def restart_dead_codes(codebook: jax.Array, usage_counts: jax.Array,
                        l2_normalized: bool = False) -> jax.Array:
     """Replaces the codes whose usage is below `min_usage` by encoder outputs of the batch.
 
-    codebook (N, D); usage_counts (N,) (e.g. an EMA of `code_usage`, kept in the train
+    codebook (N, D); usage_counts (N,) (e.g. an EMA of `code_histogram`, kept in the train
     state); encoder_outputs (..., D), in the codebook's space (aux["encoder_latents"]). Each
     dead code gets an independently drawn encoder output; live codes are returned unchanged.
     sampling "uniform": every output is equally likely; "error": likelihood proportional to
