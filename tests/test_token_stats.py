@@ -2,6 +2,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from ganime_jax.evaluation import token_stats
 
@@ -55,11 +56,8 @@ def test_tokens_that_see_the_whole_frame_are_caught():
 
 
 def test_bad_counts_are_one_error_line(tmp_path, capsys):
-    try:
+    with pytest.raises(SystemExit) as stop:
         token_stats.main([f"--tokenizer_workdir={tmp_path}", "--num_frames=1"])
-    except SystemExit as stop:
-        assert stop.code == 2
-    else:
-        raise AssertionError("no exit")
+    assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--num_frames=1" in err and len(err.splitlines()) == 1
