@@ -28,6 +28,7 @@ import numpy as np
 
 from ganime_jax import sample
 from ganime_jax.errors import UserError, exit_on_user_error
+from ganime_jax.models.vqgan import space_to_depth
 from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 
 FLAT_TOLERANCE = 2  # uint8 levels
@@ -43,12 +44,10 @@ def _tokens(tokenizer: Tokenizer, frames: np.ndarray) -> np.ndarray:
 
 
 def _patches(frames: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(..., H, W, C) -> (..., h, w, patch pixels * C)."""
+    """(..., H, W, C) -> (..., h, w, the patch's pixels): `space_to_depth` of the grid's patches."""
     *lead, height, width, channels = frames.shape
-    rows, cols = grid
-    patches = frames.reshape(*lead, rows, height // rows, cols, width // cols, channels)
-    patches = np.moveaxis(patches, -4, -3)
-    return patches.reshape(*lead, rows, cols, -1)
+    patches = space_to_depth(frames.reshape(-1, height, width, channels), height // grid[0])
+    return patches.reshape(*lead, *grid, -1)
 
 
 def token_stats(tokenizer: Tokenizer, clips: np.ndarray) -> dict:

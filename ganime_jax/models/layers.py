@@ -154,8 +154,9 @@ UPSAMPLE_KINDS = ("nearest_conv", "bilinear_conv")
 
 
 def check_kind(field: str, kind: str, kinds: tuple[str, ...]) -> None:
+    """A UserError unless `kind` is one of `kinds`; `field` is its config path."""
     if kind not in kinds:
-        raise UserError(f"model.{field}={kind!r} is not a known kind: use one of "
+        raise UserError(f"{field}={kind!r} is not a known kind: use one of "
                         f"{', '.join(map(repr, kinds))}")
 
 
@@ -170,7 +171,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        check_kind("downsample", self.kind, DOWNSAMPLE_KINDS)
+        check_kind("model.downsample", self.kind, DOWNSAMPLE_KINDS)
         if self.kind == "avgpool_conv":
             pooled = nn.avg_pool(x, (2, 2), strides=(2, 2))
             return conv(self.channels, 3, "conv", self.dtype, self.param_dtype)(pooled)
@@ -239,7 +240,7 @@ class Upsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        check_kind("upsample", self.kind, UPSAMPLE_KINDS)
+        check_kind("model.upsample", self.kind, UPSAMPLE_KINDS)
         batch, height, width, _ = x.shape
         kernel, bias = ConvParams(self.channels, 3, self.param_dtype, name="conv")(x.shape[-1])
         x = x.astype(self.dtype)

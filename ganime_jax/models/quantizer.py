@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganime_jax.models.layers import TORCH_KERNEL_INIT
+from ganime_jax.models.layers import TORCH_KERNEL_INIT, check_kind
 
 CODEBOOK_PARAM = "embedding"  # params["quantize"]["embedding"], taming's quantize.embedding.weight
 L2_EPS = 1e-12
@@ -142,11 +142,12 @@ def restart_dead_codes(codebook: jax.Array, usage_counts: jax.Array,
     puts new codes where the outputs are quantised worst.
     l2_normalized: the quantiser matches unit vectors, so distances are to the normalised codes.
     """
+    check_kind("codebook.restart_sampling", sampling, RESTART_SAMPLING)
     candidates = encoder_outputs.reshape(-1, codebook.shape[-1]).astype(codebook.dtype)
     dead = usage_counts < min_usage
     if sampling == "uniform":
         picks = jax.random.randint(rng, (codebook.shape[0],), 0, candidates.shape[0])
-    elif sampling == "error":
+    else:  # "error"
         codes = l2_normalize(codebook) if l2_normalized else codebook
         to_live = jnp.where(dead[None, :], jnp.inf, squared_distances(candidates, codes))
         error = jnp.min(to_live, axis=1)
@@ -154,8 +155,6 @@ def restart_dead_codes(codebook: jax.Array, usage_counts: jax.Array,
         error = jnp.where(jnp.isfinite(error), jnp.maximum(error, 0.0), 1.0)
         picks = jax.random.categorical(rng, jnp.log(error + ERROR_FLOOR),
                                        shape=(codebook.shape[0],))
-    else:
-        raise ValueError(f"sampling must be one of {RESTART_SAMPLING}, got {sampling!r}")
     return jnp.where(dead[:, None], candidates[picks], codebook)
 
 

@@ -39,7 +39,7 @@ def encoder_attention(resolution: int, attention_resolutions: Sequence[int], num
     TensorFlow encoder halves it only right after adding an attention block, never at a
     downsampling, so with its configs (resolution 128, attention at 16) no level has one.
     """
-    check_kind("attention_placement", placement, ATTENTION_PLACEMENTS)
+    check_kind("model.attention_placement", placement, ATTENTION_PLACEMENTS)
     levels, current = [], resolution
     for level in range(num_levels):
         flags = []

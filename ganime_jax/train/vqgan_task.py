@@ -12,10 +12,10 @@ from jax.sharding import NamedSharding
 
 from ganime_jax import checkpointing, mesh as mesh_lib
 from ganime_jax.data import pipeline, pixels, tfds_io
-from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models import quantizer
 from ganime_jax.models.discriminator import NLayerDiscriminator
+from ganime_jax.models.layers import check_kind
 from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.train import optimizers, vqgan_step
 from ganime_jax.train.loop import TrainingClock
@@ -84,10 +84,9 @@ class VQGANTask:
         self.mesh = mesh
         mesh_lib.check_batch_size(config.train.batch_size, mesh)
         mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
-        if config.codebook.restart_sampling not in quantizer.RESTART_SAMPLING:
-            raise UserError(f"config.codebook.restart_sampling="
-                            f"{config.codebook.restart_sampling!r}: use one of "
-                            f"{list(quantizer.RESTART_SAMPLING)}.")
+        # Checked here, not first when the step is traced after the data and LPIPS load.
+        check_kind("codebook.restart_sampling", config.codebook.restart_sampling,
+                   quantizer.RESTART_SAMPLING)
         self.fns = build_models(config)
         self.frame_shape = (config.data.height, config.data.width, config.model.in_channels)
         self.replicated = mesh_lib.replicated(mesh)
