@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.attention_placement = "taming"
     # True (ours): tokens that depend only on nearby pixels (models/vqgan.py, VQGAN).
     config.model.encoder_local = False
+    # True (ours): tokens that depend only on their own pixel patch, so identical patches get
+    # identical tokens (models/vqgan.py, PatchEncoder).
+    config.model.encoder_per_patch = False
     config.model.dtype = "float32"
     config.model.param_dtype = "float32"
 

@@ -196,13 +196,15 @@ def test_error_weighted_restart_draws_the_outputs_far_from_the_live_codes():
     assert far_picks["error"] > 0.95 and far_picks["uniform"] < 0.2, far_picks
 
 
-@pytest.mark.parametrize("local", [False, True])
-def test_a_local_encoder_keeps_the_latents_beyond_its_receptive_field(local):
+@pytest.mark.parametrize("encoder", ["taming", "local", "per_patch"])
+def test_a_local_encoder_keeps_the_latents_beyond_its_receptive_field(encoder):
     # 16x64 frames -> a 4x16 grid (4 pixels a token). The tiny local encoder's receptive field
     # is 45 pixels wide (conv_in, two 3x3 convs per level, two stride-2 downsamplings and
-    # conv_out), so painting columns 0-3 may move the latents of grid columns 0-6 only. With
-    # the frame-wide norms and attention of taming's encoder, every latent moves.
-    model = VQGAN(**TINY, encoder_local=local)
+    # conv_out), so painting columns 0-3 may move the latents of grid columns 0-6 only; the
+    # per-patch encoder sees only grid column 0's pixels. With the frame-wide norms and
+    # attention of taming's encoder, every latent moves.
+    model = VQGAN(**TINY, encoder_local=encoder == "local",
+                  encoder_per_patch=encoder == "per_patch")
     frames = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (1, 16, 64, 3)), jnp.float32)
     painted = frames.at[:, :, :4].set(1.0)
     variables = jax.jit(model.init)(_key(0), frames)
@@ -210,11 +212,31 @@ def test_a_local_encoder_keeps_the_latents_beyond_its_receptive_field(local):
                for f in (frames, painted)]
     moved = np.any(latents[0] != latents[1], axis=(0, 2))  # per grid column
     assert moved[0]
-    if local:
-        assert not moved[7:].any(), moved
-        assert "mid" not in variables["params"]["encoder"]
-    else:
+    if encoder == "taming":
         assert moved.all(), moved
+    else:
+        assert not moved[1 if encoder == "per_patch" else 7:].any(), moved
+        assert "mid" not in variables["params"]["encoder"]
+
+
+def test_a_per_patch_encoder_gives_identical_patches_one_token():
+    # Four copies of one 4x4 patch, anywhere in the frame, next to different neighbours.
+    model = VQGAN(**TINY, encoder_per_patch=True)
+    rng = np.random.default_rng(3)
+    frames = rng.uniform(-1, 1, (2, 16, 64, 3)).astype(np.float32)
+    patch = rng.uniform(-1, 1, (4, 4, 3))
+    spots = [(0, 0, 0), (0, 12, 60), (1, 4, 20), (1, 8, 36)]
+    for b, y, x in spots:
+        frames[b, y:y + 4, x:x + 4] = patch
+    variables = jax.jit(model.init)(_key(0), jnp.asarray(frames))
+    _, aux = jax.jit(model.apply)(variables, jnp.asarray(frames))
+    latents = np.asarray(aux["encoder_latents"])
+    copies = [latents[b, y // 4, x // 4] for b, y, x in spots]
+    for copy in copies[1:]:
+        np.testing.assert_allclose(copy, copies[0], rtol=1e-6, atol=1e-6)
+    assert len({int(aux["indices"][b, y // 4, x // 4]) for b, y, x in spots}) == 1
+    with pytest.raises(UserError, match="choose one"):
+        VQGAN(**TINY, encoder_local=True, encoder_per_patch=True).init(_key(0), frames[:1])
 
 
 def test_bfloat16_compute_is_close_to_float32(tiny):

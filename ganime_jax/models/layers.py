@@ -103,16 +103,17 @@ class ResnetBlock(nn.Module):
     param_dtype: DType = jnp.float32
     norm_eps: float = GROUP_NORM_EPS
     per_position_norm: bool = False  # see GroupNorm.per_position
+    kernel_size: int = 3  # 1: a per-position MLP block
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         norm = dict(epsilon=self.norm_eps, dtype=self.dtype, per_position=self.per_position_norm)
         h = nn.swish(GroupNorm(self.num_groups, name="norm1", **norm)(x))
-        h = conv(self.out_channels, 3, "conv1", self.dtype, self.param_dtype)(h)
+        h = conv(self.out_channels, self.kernel_size, "conv1", self.dtype, self.param_dtype)(h)
         h = nn.swish(GroupNorm(self.num_groups, name="norm2", **norm)(h))
         if self.dropout > 0:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = conv(self.out_channels, 3, "conv2", self.dtype, self.param_dtype)(h)
+        h = conv(self.out_channels, self.kernel_size, "conv2", self.dtype, self.param_dtype)(h)
         if x.shape[-1] != self.out_channels:
             x = conv(self.out_channels, 1, "nin_shortcut", self.dtype, self.param_dtype)(x)
         return x.astype(self.dtype) + h

@@ -162,6 +162,41 @@ class Encoder(nn.Module):
         return conv(self.z_channels, 3, "conv_out", **kw)(h)
 
 
+class PatchEncoder(nn.Module):
+    """An encoder that sees one token's pixel patch and nothing else.
+
+    The frame is cut into `factor` x `factor` patches (space-to-depth), and the same residual
+    MLP (1x1 convs, per-position norms) runs on each: `num_res_blocks` blocks per entry of
+    `channel_multipliers`, all at the widest level's width (a patch holds factor^2 pixels, so
+    a first level's narrow width would be a bottleneck). Identical patches therefore give
+    identical latents, wherever and whenever they appear: an unchanged background keeps its
+    token.
+    """
+    channels: int
+    channel_multipliers: Sequence[int]
+    num_res_blocks: int
+    z_channels: int
+    factor: int
+    dropout: float
+    dtype: Any
+    param_dtype: Any
+    norm_eps: float = GROUP_NORM_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        width = self.channels * max(self.channel_multipliers)
+        h = conv(width, 1, "conv_in", **kw)(space_to_depth(x, self.factor).astype(self.dtype))
+        for i in range(len(self.channel_multipliers)):
+            for j in range(self.num_res_blocks):
+                h = ResnetBlock(width, 1, self.dropout, name=f"block_{i}_{j}",
+                                norm_eps=self.norm_eps, per_position_norm=True, kernel_size=1,
+                                **kw)(h, train)
+        h = nn.swish(GroupNorm(1, self.norm_eps, self.dtype, name="norm_out",
+                               per_position=True)(h))
+        return conv(self.z_channels, 1, "conv_out", **kw)(h)
+
+
 class Decoder(nn.Module):
     channels: int
     channel_multipliers: Sequence[int]
@@ -237,7 +272,9 @@ class VQGAN(nn.Module):
     background keeps its own: no attention, no mid block, and each norm takes its statistics
     over the channels of one position (a LayerNorm) instead of over the whole frame. (A
     taming encoder's frame-wide norms and attention let one changed patch change tokens
-    anywhere.) The decoder is unchanged. dtype:
+    anywhere.) The decoder is unchanged. encoder_per_patch (ours): stricter still, an MLP on
+    each token's own pixel patch (`PatchEncoder`), so that identical patches get identical
+    tokens. dtype:
     compute dtype ("float32" or "bfloat16");
     parameters, GroupNorm and the quantiser stay float32.
     """
@@ -265,6 +302,7 @@ class VQGAN(nn.Module):
     scaled_attention: bool = True
     attention_placement: str = "taming"
     encoder_local: bool = False
+    encoder_per_patch: bool = False
     dtype: Any = "float32"
     param_dtype: Any = "float32"
 
@@ -279,9 +317,18 @@ class VQGAN(nn.Module):
                       num_groups=self.norm_groups, dtype=compute, param_dtype=params,
                       patch_size=self.patch_size, norm_eps=self.norm_eps,
                       scaled_attention=self.scaled_attention)
-        self.encoder = Encoder(z_channels=self.z_channels, downsample=self.downsample,
-                               attention_placement=self.attention_placement,
-                               local=self.encoder_local, **shared)
+        if self.encoder_local and self.encoder_per_patch:
+            raise UserError("`encoder_local` and `encoder_per_patch` are both set: choose one "
+                            "(a per-patch encoder is already local)")
+        if self.encoder_per_patch:
+            self.encoder = PatchEncoder(
+                self.channels, tuple(self.channel_multipliers), self.num_res_blocks,
+                self.z_channels, self.downsampling_factor, self.dropout, compute, params,
+                self.norm_eps)
+        else:
+            self.encoder = Encoder(z_channels=self.z_channels, downsample=self.downsample,
+                                   attention_placement=self.attention_placement,
+                                   local=self.encoder_local, **shared)
         self.quant_conv = conv(self.embedding_dim, 1, None, compute, params)
         self.quantize = VectorQuantizer(self.num_embeddings, self.embedding_dim, self.beta,
                                         self.legacy_loss, self.l2_normalize_codes,
