@@ -9,7 +9,7 @@ phases are shorter: L1 + codebook only to step 1,500, then LPIPS, and no discrim
 held-out PSNR (23.16 -> 23.22 dB) nor LPIPS (0.033), so the run stops at 3,000 steps. Dead codes
 restart where the encoder outputs are quantised worst ("error"): with uniform restarts the
 codebook collapsed early and the run ended at 20.06 dB / LPIPS 0.059, with "error" at 22.43 dB /
-0.039 for the same CPU time (README, "Two tokenizer changes, measured").
+0.039 for the same CPU time (README, "Three tokenizer changes, measured").
 """
 import ml_collections
 
