@@ -58,3 +58,16 @@ def test_config_file_field_problems(tmp_path, body, fragment):
 def test_unknown_flag_and_stray_argument():
     _assert_one_line_error(_run("--no_such_flag=1"), "no_such_flag")
     _assert_one_line_error(_run("train"), "unexpected arguments")
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (("--config.train.batch_size=7",), "batch size 7"),
+    (("--config.model.encoder_local=true", "--config.model.encoder_per_patch=true"),
+     "choose one"),
+])
+def test_stage1_setting_that_cannot_train_fails_before_the_dataset_is_built(tmp_path, flags,
+                                                                            fragment):
+    data_root = tmp_path / "datasets"
+    _assert_one_line_error(_run("--config=configs/vqgan_tiny.py", f"--workdir={tmp_path / 'w'}",
+                                f"--config.data.data_root={data_root}", *flags), fragment)
+    assert not data_root.exists()

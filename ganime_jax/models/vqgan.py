@@ -250,6 +250,13 @@ class Decoder(nn.Module):
         return jnp.tanh(out) if self.output_tanh else out
 
 
+def check_encoder_choice(encoder_local: bool, encoder_per_patch: bool) -> None:
+    """One-line error for the two local encoders set at once."""
+    if encoder_local and encoder_per_patch:
+        raise UserError("`encoder_local` and `encoder_per_patch` are both set: choose one "
+                        "(a per-patch encoder is already local)")
+
+
 class VQGAN(nn.Module):
     """Defaults are GANime's reference (kny, 64x128 frames) sizes.
 
@@ -317,9 +324,7 @@ class VQGAN(nn.Module):
                       num_groups=self.norm_groups, dtype=compute, param_dtype=params,
                       patch_size=self.patch_size, norm_eps=self.norm_eps,
                       scaled_attention=self.scaled_attention)
-        if self.encoder_local and self.encoder_per_patch:
-            raise UserError("`encoder_local` and `encoder_per_patch` are both set: choose one "
-                            "(a per-patch encoder is already local)")
+        check_encoder_choice(self.encoder_local, self.encoder_per_patch)
         if self.encoder_per_patch:
             self.encoder = PatchEncoder(
                 self.channels, tuple(self.channel_multipliers), self.num_res_blocks,

@@ -35,6 +35,17 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
         ensure_tokens(config)
 
 
+def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """The stage's one-line config errors, raised before `prepare_data` builds anything."""
+    if config.stage == "vqgan":
+        from ganime_jax.train.vqgan_task import check_config as check_stage
+    elif config.stage == "gpt":
+        from ganime_jax.train.gpt_task import check_config as check_stage
+    else:
+        raise ValueError(f"unknown stage {config.stage!r}")
+    check_stage(config, mesh)
+
+
 def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
               workdir: str | pathlib.Path) -> loop.Task:
     if config.stage == "vqgan":
@@ -49,10 +60,11 @@ def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> loop.LoopResult:
     """Trains (or resumes) the config's stage in `workdir`, then reports held-out figures."""
+    mesh = mesh_lib.make_mesh(config.mesh)
+    check_config(config, mesh)
     if multihost.is_main_process():
         prepare_data(config)
     multihost.barrier("prepare_data")  # the others read what process 0 built
-    mesh = mesh_lib.make_mesh(config.mesh)
     task = make_task(config, mesh, workdir)
     result = loop.run(config, workdir, task)
     final = task.evaluate(result.state)

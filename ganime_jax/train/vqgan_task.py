@@ -16,7 +16,7 @@ from ganime_jax.losses.perceptual import load_lpips_params, lpips_distance
 from ganime_jax.models import quantizer
 from ganime_jax.models.discriminator import NLayerDiscriminator
 from ganime_jax.models.layers import check_kind
-from ganime_jax.models.vqgan import VQGAN
+from ganime_jax.models.vqgan import VQGAN, check_encoder_choice
 from ganime_jax.train import optimizers, vqgan_step
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
@@ -31,6 +31,16 @@ def build_models(config: ml_collections.ConfigDict) -> vqgan_step.StepFns:
         disc=NLayerDiscriminator(**config.discriminator),
         gen_tx=optimizers.adam(config.optimizer.gen_lr, config.optimizer, total),
         disc_tx=optimizers.adam(config.optimizer.disc_lr, config.optimizer, total))
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """One-line errors for settings that cannot train, before any data is built or loaded
+    (otherwise they surface first when the step is traced)."""
+    mesh_lib.check_batch_size(config.train.batch_size, mesh)
+    mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    check_kind("codebook.restart_sampling", config.codebook.restart_sampling,
+               quantizer.RESTART_SAMPLING)
+    check_encoder_choice(config.model.encoder_local, config.model.encoder_per_patch)
 
 
 def compile_train_step(fns: vqgan_step.StepFns, config: ml_collections.ConfigDict,
@@ -82,11 +92,7 @@ class VQGANTask:
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         self.config = config
         self.mesh = mesh
-        mesh_lib.check_batch_size(config.train.batch_size, mesh)
-        mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
-        # Checked here, not first when the step is traced after the data and LPIPS load.
-        check_kind("codebook.restart_sampling", config.codebook.restart_sampling,
-                   quantizer.RESTART_SAMPLING)
+        check_config(config, mesh)
         self.fns = build_models(config)
         self.frame_shape = (config.data.height, config.data.width, config.model.in_channels)
         self.replicated = mesh_lib.replicated(mesh)
