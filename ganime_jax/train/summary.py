@@ -1,12 +1,30 @@
 """Metrics (TensorBoard + a JSON-lines file) and image grids, written by process 0 only."""
 import json
 import pathlib
+import sys
 
 import numpy as np
 
 from ganime_jax import multihost
 
 METRICS_FILENAME = "metrics.jsonl"
+
+
+def _import_summary_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch unless something already has.
+
+    tensorboardX imports torch (2-3 s) only to accept torch tensors; we pass numpy arrays. So
+    that every training run does not pay for it, torch is hidden during that one import.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -20,7 +38,7 @@ class MetricWriter:
         self._writer = None
         self._jsonl = None
         if multihost.is_main_process():
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _import_summary_writer()
             workdir = pathlib.Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(str(workdir / "tensorboard"))
