@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices so that sharded code paths run on any machine, and one JAX
-compilation cache for the whole session (this process and the `main.py` runs it starts): tests
+"""Test setup: 8 fake CPU devices so that sharded code paths run on any machine, compiled for
+speed of compiling (compile_flags.py), and one JAX compilation cache for the whole session (this process and the `main.py` runs it starts): tests
 that build the same step (same program, shapes and devices) compile it once."""
 import atexit
 import os
@@ -8,7 +8,10 @@ import tempfile
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from compile_flags import FAST_COMPILE_XLA_FLAGS
+
+os.environ.setdefault("XLA_FLAGS",
+                      f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="ganime_jax_test_cache_")

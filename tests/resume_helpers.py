@@ -9,16 +9,12 @@ from typing import Callable
 
 import numpy as np
 
+from compile_flags import FAST_COMPILE_XLA_FLAGS
 from ganime_jax.train.summary import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 POLL_S = 0.05
-# The training runs these tests start are tiny and spend most of their time compiling (the
-# VQ-GAN + LPIPS + discriminator step: about 25-35 s per program at XLA's default level, 14-19 s
-# at level 0 on one AVX-512 core, 9 s at level 0 without the CPU fusion emitters, as
-# `mesh.RUN_ONCE_COMPILER_OPTIONS`). The runs a test compares are all compiled alike.
-FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def main_command(config: str, workdir: pathlib.Path, *flags: str) -> list[str]:

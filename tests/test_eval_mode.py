@@ -230,7 +230,10 @@ def test_reconstruction_keeps_the_ends_and_codes_the_middle(truth, tokenizer):
     np.testing.assert_array_equal(out[:, [0, -1]], truth[:, [0, -1]])
     middle = truth[:, 1:-1].reshape(-1, HEIGHT, WIDTH, 3)
     expected = np.asarray(tokenizer.decode(tokenizer.encode(middle)))
-    np.testing.assert_array_equal(out[:, 1:-1].reshape(middle.shape), expected)
+    # decoded 2 frames at a time against all at once: two programs, whose float rounding may
+    # put a pixel on the other side of a uint8 level
+    np.testing.assert_allclose(out[:, 1:-1].reshape(middle.shape).astype(int),
+                               expected.astype(int), rtol=0, atol=1)
     assert np.abs(out[:, 1:-1].astype(int) - truth[:, 1:-1]).mean() > 1  # not a copy
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from ganime_jax.train.summary import read_metrics
-from resume_helpers import FAST_COMPILE_XLA_FLAGS, REPO, main_command
+from compile_flags import FAST_COMPILE_XLA_FLAGS
+from resume_helpers import REPO, main_command
 
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2

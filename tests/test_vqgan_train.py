@@ -29,13 +29,6 @@ def setup():
     return config, fns, frames, load_lpips_params()
 
 
-def _compile_fast(jitted, *args):
-    """`jitted` compiled for `args` without LLVM optimisation, as `mesh.run_once` compiles:
-    these tests run a few tiny steps, so compiling dominates; the runs a test compares are
-    compiled alike."""
-    return jitted.lower(*args).compile(compiler_options=mesh_lib.RUN_ONCE_COMPILER_OPTIONS)
-
-
 def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: bool = True,
                fsdp: int = 1):
     config, _, frames, lpips_params = setup
@@ -44,9 +37,8 @@ def _run_steps(setup, devices, num_steps: int, use_disc: bool, use_perceptual: b
     state = task.init_state(jax.random.key(0))
     batch = {"frames": jax.device_put(frames, mesh_lib.batch_sharding(mesh))}
     lpips = jax.device_put(lpips_params, mesh_lib.replicated(mesh))
-    step = _compile_fast(compile_train_step(task.fns, config, mesh, task.state_shardings,
-                                            use_disc, use_perceptual),
-                         state, batch, jax.random.key(0), lpips)
+    step = compile_train_step(task.fns, config, mesh, task.state_shardings, use_disc,
+                              use_perceptual)
     history = []
     for i in range(num_steps):
         state, metrics = step(state, batch, jax.random.key(i), lpips)
@@ -193,7 +185,7 @@ def test_generator_gradients_equal_full_differentiation(setup):
         return (jax.grad(lambda p: terms(p)[0])(params), jax.grad(lambda p: terms(p)[1])(params),
                 jax.grad(total)(params))
 
-    reference_grads = _compile_fast(jax.jit(reference), state.gen_params, np.float32(0.0))
+    reference_grads = jax.jit(reference)
     nll_grads, g_grads, _ = reference_grads(state.gen_params, np.float32(0.0))
     kernel = lambda tree: tree[kernel_path[0]][kernel_path[1]][kernel_path[2]]  # noqa: E731
     expected_weight = loss_cfg.disc_weight * np.clip(
@@ -209,7 +201,7 @@ def test_generator_gradients_equal_full_differentiation(setup):
             x, recon, q, aux, state, lpips_params, fns, loss_cfg, use_disc=True)
         return vjp((recon_grad, jnp.asarray(loss_cfg.codebook_weight, q.dtype)))[0], metrics
 
-    grads, metrics = _compile_fast(jax.jit(ours), state.gen_params)(state.gen_params)
+    grads, metrics = jax.jit(ours)(state.gen_params)
     np.testing.assert_allclose(metrics["d_weight"], expected_weight, rtol=1e-4)
     _, _, expected_grads = reference_grads(state.gen_params, np.float32(expected_weight))
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(expected_grads))
