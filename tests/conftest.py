@@ -58,3 +58,14 @@ def stage1_workdirs(tmp_path_factory) -> dict:
         manager.close()
         paths[name] = str(workdir)
     return {"data_root": config.data.data_root, **paths}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Modules marked `costly` first, longest first (a stable sort keeps each module's order):
+    xdist hands out whole modules in this order, and a long module started last would leave
+    the other worker idle."""
+    def cost(item) -> float:
+        marker = item.get_closest_marker("costly")
+        return -marker.kwargs["seconds"] if marker else 0.0
+
+    items.sort(key=cost)

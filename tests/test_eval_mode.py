@@ -26,6 +26,8 @@ from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.tokenizer import load_tokenizer
 from stage2_helpers import gpt_workdir, random_params, save_checkpoint
 
+pytestmark = pytest.mark.costly(seconds=70)
+
 HEIGHT, WIDTH = 64, 128
 CLIP_LENGTHS = (4, 6, 7)  # the held-out clips; the first is too short for NUM_FRAMES
 NUM_FRAMES = 6

@@ -23,6 +23,8 @@ from ganime_jax.train.summary import MetricWriter
 from resume_helpers import check_killed_run_resumes, main_command
 from stage2_helpers import assert_same_training, mesh_of, steps_reduce_the_loss, train_on_batch
 
+pytestmark = pytest.mark.costly(seconds=200)
+
 N_FRAMES = np.array([8, 5, 3, 7, 8, 4, 6, 8], np.int32)  # one clip per fake device
 
 

@@ -21,6 +21,8 @@ from ganime_jax.metrics import fvd, i3d, image
 from ganime_jax.metrics.array_cache import ArrayCache, cache_key, content_sha256
 from ganime_jax.weights_io import NumpyOnlyUnpickler
 
+pytestmark = pytest.mark.costly(seconds=80)
+
 NUM_CLIPS, NUM_FRAMES = 6, 10
 NOISE_LEVELS = (8.0, 24.0, 64.0)  # std of added Gaussian noise, uint8 units
 BLUR_SIGMAS = (0.7, 1.5, 3.0)

@@ -19,6 +19,8 @@ from ganime_jax.train.summary import read_metrics
 from compile_flags import FAST_COMPILE_XLA_FLAGS
 from resume_helpers import REPO, main_command
 
+pytestmark = pytest.mark.costly(seconds=260)
+
 PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 TIMEOUT_S = 600

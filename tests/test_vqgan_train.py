@@ -19,6 +19,8 @@ from ganime_jax.train import vqgan_step, vqgan_task
 from ganime_jax.train.vqgan_task import VQGANTask, build_models, compile_train_step
 from resume_helpers import check_killed_run_resumes, main_command
 
+pytestmark = pytest.mark.costly(seconds=235)
+
 
 @pytest.fixture(scope="module")
 def setup():

@@ -22,6 +22,8 @@ from ganime_jax import bundle, cli, sample, web_demo
 from ganime_jax.data import video_io
 from ganime_jax.errors import UserError
 
+pytestmark = pytest.mark.costly(seconds=70)
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NUM_FRAMES = 5  # short clips: the test pays for one compile per length
