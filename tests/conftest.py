@@ -73,6 +73,6 @@ def pytest_collection_modifyitems(items) -> None:
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker more than the cores. Workers often wait (on the main.py runs they
-    start, the browser, the disk); on 2 cores, 3 workers ran the suite in 599 s against 643 s
-    for 2."""
+    start, the browser, the disk); on 2 cores, one of them held by a training run, 3 workers
+    ran the suite in 599 s against 643 s for 2."""
     return (os.cpu_count() or 1) + 1
