@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices so that sharded code paths run on any machine, compiled for
-speed of compiling (compile_flags.py), and one JAX compilation cache for the whole session (this process and the `main.py` runs it starts): tests
-that build the same step (same program, shapes and devices) compile it once."""
+speed of compiling (compile_flags.py), and one JAX compilation cache for the whole session
+(this process and the `main.py` runs it starts): tests that build the same step (same program,
+shapes and devices) compile it once; modules scheduled longest first, on cores + 1 workers."""
 import atexit
 import os
 import shutil
