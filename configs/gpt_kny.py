@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.num_steps = EPOCHS * CLIPS_PER_EPOCH // 64
     config.train.stop_ground_truth_after_step = (
         config.train.get_ref("num_steps") * GROUND_TRUTH_EPOCHS // EPOCHS)
+    # How the own-prediction phase picks its context frames: 0 takes the argmax, as the
+    # reference does; above 0 samples at that temperature (scheduled sampling).
+    config.train.own_prediction_temperature = 0.0
     config.train.log_every = 100
     config.train.checkpoint_every = 2_000
     config.train.keep_checkpoints = 3

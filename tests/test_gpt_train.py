@@ -166,6 +166,36 @@ def test_padded_frames_contribute_nothing(setup, layout, own_predictions):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sampled_contexts_follow_the_temperature(setup, layout):
+    """Own-prediction contexts drawn at a vanishing temperature are the argmax frames; at
+    temperature 1 they depend on the key, and the same key draws the same frames."""
+    _, _, _, tokens, n_frames = setup
+    model, params = _model_and_params(layout)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def mean_loss(seed, temperature):
+        sums = gpt_step.objective(model, True, temperature)(
+            model, params, tokens, n_frames, jax.random.key(seed), False)
+        return sums.loss / sums.count
+
+    def loss(seed, temperature):
+        return float(mean_loss(seed, temperature))
+
+    greedy = loss(0, 0.0)
+    np.testing.assert_allclose(loss(1, 1e-6), greedy, rtol=1e-6)
+    sampled = loss(0, 1.0)
+    assert loss(0, 1.0) == sampled
+    assert len({greedy, sampled, loss(1, 1.0)}) == 3
+
+
+def test_own_prediction_temperature_must_not_be_negative():
+    config = _config()
+    config.train.own_prediction_temperature = -0.5
+    with pytest.raises(UserError, match="own_prediction_temperature"):
+        check_config(config, mesh_of(1, 1))
+
+
 def _linear_config(layout: str = "window", **optimizer) -> ml_collections.ConfigDict:
     """A large Adam eps makes the update linear in the gradient (see test_vqgan_train.py), so
     the rounding noise of gradients that are zero in theory cannot turn into full steps; with

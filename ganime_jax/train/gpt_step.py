@@ -4,9 +4,11 @@ Two ways to build the context of each target frame (`ganime_jax.conditioning`):
 - teacher forcing: the true previous frames. Every target of every clip is independent, so
   the B x (M-2) sequences are gathered with index arrays and run in ONE batched forward pass;
 - own predictions (the reference schedule's second phase): the context is the model's own
-  argmax frames, so the targets are visited in order by a `lax.scan` over frames, each step
-  predicting frame t from the window carried in the scan state and pushing its argmax
-  (stop_gradient) into that window.
+  frames, so the targets are visited in order by a `lax.scan` over frames, each step
+  predicting frame t from the window carried in the scan state and pushing its choice
+  (stop_gradient) into that window. The reference chooses the argmax; a positive
+  `temperature` samples instead (scheduled sampling as Bengio et al. 2015 draw it), which keeps
+  uncertain content in the context where the argmax would erase it (README, gpt_mnist6).
 Padded frames (beyond a clip's n_frames) are masked: the loss is the mean cross-entropy over
 the valid target tokens of the whole batch. Gradient accumulation splits the batch into
 micro-batches inside the step (a `lax.scan`), normalising by the whole batch's token count,
@@ -103,21 +105,35 @@ def teacher_forced_sums(model: GANimeTransformer, params: Any, tokens: jax.Array
     return token_sums(logits, tf.targets.reshape(-1, hw), tf.valid.reshape(-1))
 
 
+def context_choice(temperature: float,
+                   rng: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """`choose(logits, s)` for own-prediction contexts: the argmax at temperature 0, else a
+    draw from softmax(logits / temperature) keyed on (rng, s)."""
+    if temperature == 0:
+        return lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    key = jax.random.fold_in(rng, 1)  # apart from the dropout keys folded from `rng`
+    return lambda logits, s: jax.random.categorical(
+        jax.random.fold_in(key, s), logits / temperature).astype(jnp.int32)
+
+
 def own_prediction_sums(model: GANimeTransformer, params: Any, tokens: jax.Array,
-                        n_frames: jax.Array, rng: jax.Array, train: bool) -> Sums:
-    """Targets in order, each predicted from the model's own previous argmax frames."""
+                        n_frames: jax.Array, rng: jax.Array, train: bool,
+                        temperature: float = 0.0) -> Sums:
+    """Targets in order, each predicted from the model's own previous frames
+    (`context_choice`)."""
     n_frames = n_frames.astype(jnp.int32)
     last = conditioning.last_frame_tokens(tokens, n_frames)
     context = conditioning.initial_context(tokens[:, 0], model.n_frames_before)
     t = jnp.asarray(conditioning.target_frames(tokens.shape[1]))
     targets = jnp.swapaxes(tokens[:, 1:-1], 0, 1)  # (M-2, B, hw)
+    choose = context_choice(temperature, rng)
 
     def frame_step(context: jax.Array, xs: tuple[jax.Array, jax.Array]):
         t_i, target = xs
         remaining = conditioning.remaining_frames(t_i, n_frames)
         logits = model.apply({"params": params}, last, context, jnp.maximum(remaining, 0),
                              train=train, rngs={"dropout": jax.random.fold_in(rng, t_i)})
-        prediction = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)).astype(context.dtype)
+        prediction = jax.lax.stop_gradient(choose(logits, t_i)).astype(context.dtype)
         return conditioning.push_frame(context, prediction), token_sums(logits, target,
                                                                       remaining >= 1)
 
@@ -127,11 +143,12 @@ def own_prediction_sums(model: GANimeTransformer, params: Any, tokens: jax.Array
 
 def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Array,
                   n_frames: jax.Array, rng: jax.Array, train: bool,
-                  own_predictions: bool = False) -> Sums:
+                  own_predictions: bool = False, temperature: float = 0.0) -> Sums:
     """Every target of the batch in one causal pass over [last][f_0]...[f_{M-3}].
 
-    With `own_predictions` the clip frames after f_0 are first generated greedily from f_0
-    and the last frame (cached, no gradient), then scored against the true frames in one pass.
+    With `own_predictions` the clip frames after f_0 are first generated from f_0 and the last
+    frame (cached, no gradient; `context_choice`), then scored against the true frames in one
+    pass.
     """
     tf = conditioning.teacher_forcing_inputs(tokens, n_frames, 1)
     inputs = tokens[:, :-2]
@@ -139,19 +156,23 @@ def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Arra
         # Constant parameters: the rollout is a primal-only computation (no residuals kept
         # for the backward pass of the loss around it).
         generated = rollout(model, jax.lax.stop_gradient(params), tokens[:, 0], tf.last,
-                            tf.remaining[:, :-1],
-                            lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+                            tf.remaining[:, :-1], context_choice(temperature, rng))
         inputs = jnp.concatenate([tokens[:, :1], generated], axis=1)
     logits = model.apply({"params": params}, tf.last, inputs, tf.remaining, train=train,
                          rngs={"dropout": rng})
     return token_sums(logits, tf.targets, tf.valid)
 
 
-def objective(model: Transformer, own_predictions: bool) -> Callable[..., Sums]:
-    """The loss sums of `model`'s layout, teacher-forced or from its own predictions."""
+def objective(model: Transformer, own_predictions: bool,
+              temperature: float = 0.0) -> Callable[..., Sums]:
+    """The loss sums of `model`'s layout, teacher-forced or from its own predictions (chosen
+    at `temperature`, `context_choice`)."""
     if isinstance(model, FrameSequenceTransformer):
-        return functools.partial(sequence_sums, own_predictions=own_predictions)
-    return own_prediction_sums if own_predictions else teacher_forced_sums
+        return functools.partial(sequence_sums, own_predictions=own_predictions,
+                                 temperature=temperature)
+    if own_predictions:
+        return functools.partial(own_prediction_sums, temperature=temperature)
+    return teacher_forced_sums
 
 
 def _micro_batches(x: jax.Array, count: int) -> jax.Array:
@@ -162,16 +183,18 @@ def _micro_batches(x: jax.Array, count: int) -> jax.Array:
 
 
 def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
-               grad_accum_steps: int, own_predictions: bool) -> tuple[GPTState, dict]:
+               grad_accum_steps: int, own_predictions: bool,
+               temperature: float = 0.0) -> tuple[GPTState, dict]:
     """One AdamW update from the batch {"tokens": (B, M, hw), "n_frames": (B,)}.
 
-    `rng`: the run's base key; this step's key folds in `state.step`."""
+    `rng`: the run's base key; this step's key folds in `state.step`. `temperature`: how the
+    own-prediction contexts are chosen (`context_choice`)."""
     rng = jax.random.fold_in(rng, state.step)
     tokens = batch["tokens"].astype(jnp.int32)
     n_frames = batch["n_frames"].astype(jnp.int32)
     total = jnp.maximum(jnp.sum(conditioning.valid_targets(n_frames, tokens.shape[1]))
                         * tokens.shape[-1], 1).astype(jnp.float32)
-    sums_fn = objective(fns.model, own_predictions)
+    sums_fn = objective(fns.model, own_predictions, temperature)
 
     def loss_fn(params, micro_tokens, micro_frames, micro_rng):
         sums = sums_fn(fns.model, params, micro_tokens, micro_frames, micro_rng, True)
@@ -206,11 +229,13 @@ def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
 
 def eval_sums(params: Any, batch: dict, *, model: Transformer,
               own_predictions: bool) -> Sums:
-    """Deterministic sums over a held-out batch (padded clips may have n_frames 0)."""
+    """Deterministic sums over a held-out batch (padded clips may have n_frames 0); its own
+    predictions are greedy, whatever the training draws."""
     return objective(model, own_predictions)(model, params, batch["tokens"].astype(jnp.int32),
                                       batch["n_frames"], jax.random.key(0), False)
 
 
-def make_train_step(fns: StepFns, grad_accum_steps: int, own_predictions: bool) -> Callable:
+def make_train_step(fns: StepFns, grad_accum_steps: int, own_predictions: bool,
+                    temperature: float = 0.0) -> Callable:
     return functools.partial(train_step, fns=fns, grad_accum_steps=grad_accum_steps,
-                             own_predictions=own_predictions)
+                             own_predictions=own_predictions, temperature=temperature)

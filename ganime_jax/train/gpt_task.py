@@ -61,6 +61,10 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         raise UserError(f"batch size {config.train.batch_size} must be a multiple of "
                         f"grad_accum_steps x devices = {micro}.")
     mesh_lib.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    if not config.train.own_prediction_temperature >= 0:
+        raise UserError(f"config.train.own_prediction_temperature="
+                        f"{config.train.own_prediction_temperature} must be >= 0 (0: the "
+                        "argmax, as the reference; above 0: sampled contexts).")
 
 
 def check_tokens(config: ml_collections.ConfigDict) -> None:
@@ -109,7 +113,8 @@ class GPTTask:
         self._abstract = checkpointing.abstract_with_shardings(nn.unbox(boxed),
                                                                self.state_shardings)
         accum = config.optimizer.grad_accum_steps
-        self._steps = {own: jax.jit(gpt_step.make_train_step(self.fns, accum, own),
+        temperature = config.train.own_prediction_temperature
+        self._steps = {own: jax.jit(gpt_step.make_train_step(self.fns, accum, own, temperature),
                                     in_shardings=(self.state_shardings, self.batch_shardings,
                                                   replicated),
                                     out_shardings=(self.state_shardings, replicated),
