@@ -28,7 +28,9 @@ from ganime_jax.models.ganime_transformer import GANimeTransformer
 METHODS = ("greedy", "top_k", "top_p")
 # Frames per decoder call on CPU: XLA:CPU's convolutions run faster per frame on small batches
 # (reference VQ-GAN on 2 loaded cores: 112 frames took 17 s in one call, 9-13 s in calls of
-# 1 to 14 frames).
+# 1 to 14 frames; on 2 idle AVX-512 cores, `bench/bench_decode_batch.py`: 14 frames 83 ms a
+# frame in calls of 2, 85 in one call, 97-98 in calls of 4 or 8 (padded to 16); 112 frames
+# 84-86 ms in calls of 2 to 14, 99 in one call).
 CPU_DECODE_BATCH_SIZE = 2
 
 
