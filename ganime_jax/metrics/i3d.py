@@ -34,6 +34,7 @@ import numpy as np
 
 from ganime_jax.batching import map_in_batches
 from ganime_jax.errors import UserError
+from ganime_jax.metrics.i3d_stem import same_padding, stem_of_small_frames
 from ganime_jax.weights_io import load_package_weights, package_file
 
 I3dParams = dict[str, Any]
@@ -135,12 +136,6 @@ def load_i3d_params() -> I3dParams:
         raise UserError(f"unexpected layout of the I3D weights ({e!r}): {_INSTALL_HINT}") from e
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF SAME padding (before, after) of one axis."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 def stride2_conv_by_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """A stride-2 SAME conv (NDHWC x DHWIO) computed as a stride-1 VALID conv over 2x2x2
     blocks folded into channels, with the kernel zero-padded to even size and folded alike.
@@ -149,7 +144,7 @@ def stride2_conv_by_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array
     XLA:CPU does about 1.6x faster (`bench/bench_metrics.py --i3d-stem`).
     """
     sizes, taps = x.shape[1:4], kernel.shape[:3]
-    pads = [_same_padding(n, k, 2) for n, k in zip(sizes, taps)]
+    pads = [same_padding(n, k, 2) for n, k in zip(sizes, taps)]
     pads = [(before, after + (n + before + after) % 2) for (before, after), n in zip(pads, sizes)]
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     batch, t, h, w, channels = x.shape
@@ -202,8 +197,13 @@ def i3d_forward(params: I3dParams, videos: jax.Array) -> jax.Array:
                          f"got {videos.shape}")
     if videos.shape[1] < MIN_FRAMES:
         raise ValueError(f"i3d_forward needs at least {MIN_FRAMES} frames, got {videos.shape[1]}")
-    x = videos.astype(jnp.float32)
-    for layer in _LAYERS:
+    x = _conv(videos.astype(jnp.float32), params[_LAYERS[0][1]], _LAYERS[0][2])
+    return _after_stem(params, x)
+
+
+def _after_stem(params: I3dParams, x: jax.Array) -> jax.Array:
+    """The network from the stem's output (after its ReLU) to the time-averaged logits."""
+    for layer in _LAYERS[1:]:
         if layer[0] == "conv":
             x = _conv(x, params[layer[1]], layer[2])
         elif layer[0] == "pool":
@@ -236,27 +236,41 @@ def bilinear_matrix(in_size: int, out_size: int, half_pixel_centers: bool = True
     return weights.astype(np.float32)
 
 
-def preprocess_videos(videos: jax.Array, drop_first_frame: bool = True,
-                      half_pixel_centers: bool = True) -> jax.Array:
-    """uint8 (B, T, H, W, 3) -> float32 (B, max(T', 9), 224, 224, 3) in [-1, 1] (see module doc)."""
+def _scaled_frames(videos: jax.Array, drop_first_frame: bool) -> jax.Array:
+    """uint8 (B, T, H, W, 3) -> float32 (B, max(T', 9), H, W, 3) in [-1, 1], grey frames
+    prepended where a clip is short (resizing is affine, so scaling may come first)."""
     if drop_first_frame:
         videos = videos[:, 1:]
-    _, _, height, width, _ = videos.shape
-    rows = jnp.asarray(bilinear_matrix(height, RESOLUTION, half_pixel_centers))
-    cols = jnp.asarray(bilinear_matrix(width, RESOLUTION, half_pixel_centers))
-    x = videos.astype(jnp.float32) * (2.0 / 255.0) - 1.0  # resizing is affine: scale first
-    x = jnp.einsum("oh,bthwc->btowc", rows, x, precision=_PRECISION)
-    x = jnp.einsum("pw,btowc->btopc", cols, x, precision=_PRECISION)
+    x = videos.astype(jnp.float32) * (2.0 / 255.0) - 1.0
     missing = MIN_FRAMES - x.shape[1]
     if missing > 0:
         x = jnp.pad(x, ((0, 0), (missing, 0), (0, 0), (0, 0), (0, 0)))
     return x
 
 
+def preprocess_videos(videos: jax.Array, drop_first_frame: bool = True,
+                      half_pixel_centers: bool = True) -> jax.Array:
+    """uint8 (B, T, H, W, 3) -> float32 (B, max(T', 9), 224, 224, 3) in [-1, 1] (see module doc)."""
+    x = _scaled_frames(videos, drop_first_frame)
+    _, _, height, width, _ = x.shape
+    rows = jnp.asarray(bilinear_matrix(height, RESOLUTION, half_pixel_centers))
+    cols = jnp.asarray(bilinear_matrix(width, RESOLUTION, half_pixel_centers))
+    x = jnp.einsum("oh,bthwc->btowc", rows, x, precision=_PRECISION)
+    return jnp.einsum("pw,btowc->btopc", cols, x, precision=_PRECISION)
+
+
 @functools.partial(jax.jit, static_argnames=("drop_first_frame", "half_pixel_centers"))
 def _logits_of_uint8(params: I3dParams, videos: jax.Array, drop_first_frame: bool,
                      half_pixel_centers: bool) -> jax.Array:
-    return i3d_forward(params, preprocess_videos(videos, drop_first_frame, half_pixel_centers))
+    """`i3d_forward(preprocess_videos(...))` with the resize folded into the stem
+    (`i3d_stem`): the 224x224 video is never built."""
+    x = _scaled_frames(videos, drop_first_frame)
+    _, _, height, width, _ = x.shape
+    stem = params[_LAYERS[0][1]]
+    x = stem_of_small_frames(x, stem["kernel"],
+                             bilinear_matrix(height, RESOLUTION, half_pixel_centers),
+                             bilinear_matrix(width, RESOLUTION, half_pixel_centers), _PRECISION)
+    return _after_stem(params, jax.nn.relu(x + stem["bias"]))
 
 
 _i3d_forward_jit = jax.jit(i3d_forward)
