@@ -23,6 +23,9 @@ Preprocessing follows the GANime evaluation (`ganime/metrics/video.py` of the or
 - a clip with fewer than 9 frames (the least the network accepts: its final temporal average
   pool needs 2 steps after an 8x temporal reduction) gets frames of value 0 (mid-grey)
   PREPENDED, as GANime does; the FVD reference itself does not pad.
+`i3d_logits` never builds the 224x224 video: it folds the resize into the stem conv
+(`i3d_stem`; the same sums in another order, a third of the stem's multiplications for 64x64
+frames); `preprocess_videos` then `i3d_forward` take the steps one by one.
 """
 import functools
 import os
