@@ -388,6 +388,25 @@ def test_lpips_grows_with_noise_and_blur(frame_pairs, lpips_params):
     assert by_blur[0] > 0 and np.all(np.diff(by_blur) > 0), by_blur
 
 
+def test_conv3d_by_frames_equals_the_3d_conv():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 5, 9, 7, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 6)), jnp.float32)
+    direct = jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME",
+                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                          precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(i3d.conv3d_by_frames(x, kernel), direct, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("window,stride", [((3, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 2, 2)),
+                                           ((2, 2, 2), (2, 2, 2))])
+def test_max_pool_one_axis_at_a_time_equals_the_joint_pool(window, stride):
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 5, 9, 7, 3)), jnp.float32)
+    joint = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1),
+                                  "SAME")
+    np.testing.assert_array_equal(i3d._max_pool(x, window, stride), joint)
+
+
 @pytest.mark.parametrize("shape,taps", [((2, 9, 16, 12, 3), (7, 7, 7)),
                                         ((1, 8, 11, 10, 2), (3, 5, 4))])
 def test_stride2_conv_by_space_to_depth_equals_the_strided_conv(shape, taps):
