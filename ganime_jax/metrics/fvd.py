@@ -29,7 +29,7 @@ from ganime_jax.errors import UserError
 from ganime_jax.metrics import i3d
 
 # Bumped whenever the features change for the same inputs (network, preprocessing, dtype).
-FEATURE_VERSION = "i3d-kinetics-400-logits-v2"  # v2: resize folded into the stem (i3d_stem)
+FEATURE_VERSION = "i3d-kinetics-400-logits-v3"  # v2: resize folded into the stem; v3: 2D convs, 1-D pools
 
 
 def _check_features(name: str, feats: np.ndarray, min_rows: int) -> np.ndarray:

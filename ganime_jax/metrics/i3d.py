@@ -168,8 +168,8 @@ def conv3d_by_frames(x: jax.Array, kernel: jax.Array) -> jax.Array:
     taps of 2D convs on all frames at once.
 
     The same sums; XLA:CPU runs 2D convolutions through YNNPACK and 3D ones on a slower path:
-    I3D's 3x3x3 convs this way made the network 1.26x faster (`bench/bench_metrics.py
-    --i3d-stem`, README "Eval cost").
+    I3D's 3x3x3 convs this way took a batch of 8 clips of 20 frames from 9.4 s to 7.5 s on one
+    core (README "Eval cost").
     """
     taps = kernel.shape[0]
     batch, frames, height, width, channels = x.shape
