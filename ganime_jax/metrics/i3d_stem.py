@@ -66,9 +66,12 @@ def stem_of_small_frames(x: jax.Array, kernel: jax.Array, rows: np.ndarray, cols
     """The stem conv (no bias) of the resized video, from the small frames.
 
     x: (B, T, H, W, C) float, already scaled (and padded in time) as the resized video would
-    be; kernel: (7, 7, 7, C, O); rows, cols: the (224, H) and (224, W) resize matrices.
-    Returns (B, ceil(T/2), 112, 112, O).
+    be; kernel: (7, 7, 7, C, O); rows, cols: the (R, H) and (R', W) resize matrices (R = R' =
+    224 for I3D). Returns (B, ceil(T/2), ceil(R/2), ceil(R'/2), O).
     """
+    if kernel.shape[:3] != (TAPS,) * 3:
+        raise ValueError(f"stem_of_small_frames wants a {TAPS}x{TAPS}x{TAPS} kernel, got "
+                         f"{kernel.shape}")
     batch, frames, height, width, channels = x.shape
     out_frames = -(-frames // STRIDE)
     before, after = same_padding(frames, TAPS, STRIDE)
