@@ -7,8 +7,9 @@ Two ways to build the context of each target frame (`ganime_jax.conditioning`):
   frames, so the targets are visited in order by a `lax.scan` over frames, each step
   predicting frame t from the window carried in the scan state and pushing its choice
   (stop_gradient) into that window. The reference chooses the argmax; a positive
-  `temperature` samples instead (scheduled sampling as Bengio et al. 2015 draw it), which keeps
-  uncertain content in the context where the argmax would erase it (README, gpt_mnist6).
+  `temperature` samples instead (scheduled sampling as Bengio et al. 2015 draw it), so that
+  uncertain content is not erased from the context (on Moving MNIST it still collapsed to
+  black frames, as with the argmax: README, gpt_mnist9).
 Padded frames (beyond a clip's n_frames) are masked: the loss is the mean cross-entropy over
 the valid target tokens of the whole batch. Gradient accumulation splits the batch into
 micro-batches inside the step (a `lax.scan`), normalising by the whole batch's token count,
