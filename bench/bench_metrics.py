@@ -61,8 +61,7 @@ def _compare_stems(params: i3d.I3dParams, clips: np.ndarray,
     resized_stem = jax.jit(lambda v, k: i3d.stride2_conv_by_space_to_depth(
         i3d.preprocess_videos(v), k))
     small_stem = jax.jit(lambda v, k: i3d_stem.stem_of_small_frames(
-        v[:, 1:].astype(jnp.float32) * (2.0 / 255.0) - 1.0, k, rows, cols,
-        jax.lax.Precision.HIGHEST))
+        i3d._scaled_frames(v, drop_first_frame=True), k, rows, cols, i3d._PRECISION))
     forward = jax.jit(lambda p, v: i3d.i3d_forward(p, i3d.preprocess_videos(v)))
     return timing.interleaved({
         "stem_strided_conv": lambda: direct(x, kernel),

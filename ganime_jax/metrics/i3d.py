@@ -186,12 +186,8 @@ def _conv(x: jax.Array, unit: dict[str, jax.Array], stride: tuple[int, int, int]
         y = jnp.dot(x, unit["kernel"], precision=_PRECISION)
     elif stride == (2, 2, 2):  # the stem
         y = stride2_conv_by_space_to_depth(x, unit["kernel"])
-    elif stride == (1, 1, 1) and unit["kernel"].shape[0] % 2:
+    else:  # every other I3D conv is 3x3x3 at stride 1
         y = conv3d_by_frames(x, unit["kernel"])
-    else:
-        y = jax.lax.conv_general_dilated(
-            x, unit["kernel"], window_strides=stride, padding="SAME",
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=_PRECISION)
     return jax.nn.relu(y + unit["bias"])
 
 
