@@ -70,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     # The reference adds the countdown to every position; False leaves it off the last frame,
     # whose keys/values a sampler can then compute once per clip.
     config.model.countdown_on_last_frame = True
+    # Sequence layout only: a learned attention bias per (frame distance, row offset, column
+    # offset) on the token grid, `grid_width` tokens wide (the tokenizer's width / 8 here).
+    config.model.relative_position_bias = False
+    config.model.grid_width = 16
     # A local Hugging Face GPT-2 directory (config.json + model.safetensors) to start from, or "".
     config.model.init_from_hf = ""
     config.model.init_vocab_policy = "truncate"  # or "reinit" (see convert/hf_gpt2.py)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_frames = 20
     config.data.max_frames = 20
     config.model.frame_tokens = 64
+    config.model.grid_width = 8
     config.model.gpt.update(vocab_size=512, n_positions=64)
     config.train.stop_ground_truth_after_step = config.train.get_ref("num_steps") // 8
     config.sample.num_frames = 20

@@ -1,5 +1,6 @@
 """The `sequence` layout: one causal pass equals per-frame contexts; no block sees a later frame
-or a frame outside its window; the cached sampler equals uncached step-by-step decoding."""
+or a frame outside its window; the cached sampler equals uncached step-by-step decoding; all of
+it also with the relative position bias."""
 import dataclasses
 
 import flax.linen as nn
@@ -10,6 +11,8 @@ import pytest
 
 from ganime_jax.models.frame_sequence import (WHOLE_HISTORY, FrameSequenceTransformer,
                                               frame_sequence_from_config, rollout)
+from ganime_jax.errors import UserError
+from ganime_jax.models.frame_layouts import transformer_from_config
 from ganime_jax.models.gpt import GPT2Config
 from ganime_jax.train import gpt_step
 
@@ -17,24 +20,35 @@ HW = 8  # tokens per frame
 VOCAB = 32
 MAX_FRAMES = 9
 BATCH = 2
-WINDOWS = (2, WHOLE_HISTORY)
+GRID_WIDTH = 4  # the 8 tokens of a frame as a 2x4 grid
+# (attention window, relative position bias)
+VARIANTS = ((2, False), (WHOLE_HISTORY, False), (2, True), (WHOLE_HISTORY, True))
 
 
-def make_model(window: int) -> FrameSequenceTransformer:
+def make_model(window: int, relative_bias: bool = False) -> FrameSequenceTransformer:
     gpt = GPT2Config(vocab_size=VOCAB, n_positions=HW, n_embd=32, n_layer=2, n_head=4,
                      embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     return FrameSequenceTransformer(gpt=gpt, frame_tokens=HW, n_frames_before=window,
-                                    max_frames=MAX_FRAMES)
+                                    max_frames=MAX_FRAMES, relative_position_bias=relative_bias,
+                                    grid_width=GRID_WIDTH)
 
 
-@pytest.fixture(scope="module", params=WINDOWS, ids=["window2", "whole_history"])
-def model_and_params(request):
-    model = make_model(request.param)
+def init_params(model: FrameSequenceTransformer) -> dict:
     last = jnp.zeros((1, HW), jnp.int32)
-    params = model.init(jax.random.key(0), last, jnp.zeros((1, 1, HW), jnp.int32),
-                        jnp.zeros((1, 1), jnp.int32))["params"]
+    return model.init(jax.random.key(0), last, jnp.zeros((1, 1, HW), jnp.int32),
+                      jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+@pytest.fixture(scope="module", params=VARIANTS,
+                ids=["window2", "whole_history", "window2_bias", "whole_history_bias"])
+def model_and_params(request):
+    model = make_model(*request.param)
+    params = init_params(model)
     # Random-init embeddings are small; scale them so that every input visibly moves logits.
     params = jax.tree.map(lambda p: p * 5.0 if p.ndim == 2 else p, params)
+    if model.relative_position_bias:  # zeros at init: draw one that matters
+        params["relative_bias"] = jax.random.normal(jax.random.key(1),
+                                                    params["relative_bias"].shape)
     return model, params
 
 
@@ -143,6 +157,53 @@ def test_config_errors_are_one_line():
             frame_sequence_from_config({**fields, **change})
     with pytest.raises(Exception, match="attn_pdrop"):
         frame_sequence_from_config({**fields, "gpt": {**fields["gpt"], "attn_pdrop": 0.1}})
+    for width in (0, 3):
+        with pytest.raises(UserError, match="grid_width"):
+            frame_sequence_from_config({**fields, "relative_position_bias": True,
+                                        "grid_width": width})
+    assert frame_sequence_from_config(
+        {**fields, "relative_position_bias": True, "grid_width": GRID_WIDTH}).grid_width == 4
+    with pytest.raises(UserError, match="sequence layout"):
+        transformer_from_config({**fields, "layout": "window", "relative_position_bias": True})
+
+
+def test_relative_bias_starts_neutral_and_reaches_every_attention_path():
+    """A fresh bias table is zeros, so the model equals one without it; a changed table moves
+    the windowed pass, the dense pass (hand-built context) and the cached sampler, each by its
+    own bucket (the last frame's, the frames' by distance)."""
+    plain, biased = make_model(2), make_model(2, relative_bias=True)
+    params = init_params(biased)
+    assert not np.any(np.asarray(params["relative_bias"]))
+    tokens = jnp.asarray(clip_tokens(10, MAX_FRAMES - 2))
+    last = jnp.asarray(clip_tokens(11, 1)[:, 0])
+    remaining = countdowns(MAX_FRAMES - 2)
+    without = {k: v for k, v in params.items() if k != "relative_bias"}
+    np.testing.assert_array_equal(
+        np.asarray(biased.apply({"params": params}, last, tokens, remaining)),
+        np.asarray(plain.apply({"params": without}, last, tokens, remaining)))
+
+    def outputs(p):
+        windowed = biased.apply({"params": p}, last, tokens, remaining)
+        dense = biased.apply({"params": p}, last, tokens[:, :3], remaining[:, :3],
+                             frame_ids=jnp.asarray([0, 2, 3]))
+        cache = biased.apply({"params": p}, 1, method=FrameSequenceTransformer.init_cache)
+        cache = biased.apply({"params": p}, cache, last[:1],
+                             method=FrameSequenceTransformer.prefill)
+        stepped, _ = biased.apply({"params": p}, cache, tokens[:1, 0], jnp.int32(0),
+                                  remaining[:1, 0], method=FrameSequenceTransformer.step)
+        return [np.asarray(x) for x in (windowed, dense, stepped)]
+
+    base = outputs(params)
+    for bucket in range(params["relative_bias"].shape[1]):  # 0: last frame, 1 + distance
+        offsets = params["relative_bias"].shape[-1]
+        table = params["relative_bias"].at[:, bucket].set(3.0 * jnp.arange(offsets) / offsets)
+        moved = [np.abs(a - b).max() for a, b in zip(outputs({**params, "relative_bias": table}),
+                                                       base)]
+        # The dense context has frames 0, 2, 3: distances 0, 1 (3 -> 2) and 2 (2 -> 0), but the
+        # window of 2 masks distance 2, so only buckets 0..2 exist; the single step sees the
+        # last frame (bucket 0) and its own frame (bucket 1).
+        assert moved[0] > 1e-3 and moved[1] > 1e-3, (bucket, moved)
+        assert (moved[2] > 1e-3) == (bucket <= 1), (bucket, moved)
 
 
 def test_own_prediction_phase_scores_greedy_frames_in_one_pass(model_and_params):
@@ -176,9 +237,7 @@ def test_scanned_layers_compute_the_same(model_and_params):
     the same cached greedy clip."""
     model, params = model_and_params
     params = nn.unbox(params)
-    scanned = FrameSequenceTransformer(
-        gpt=dataclasses.replace(model.gpt, scan_layers=True), frame_tokens=HW,
-        n_frames_before=model.n_frames_before, max_frames=MAX_FRAMES)
+    scanned = model.clone(gpt=dataclasses.replace(model.gpt, scan_layers=True))
     lm = dict(params["lm"])
     layers = [lm.pop(f"h_{i}") for i in range(model.gpt.n_layer)]
     stacked = {**params, "lm": {**lm, "h": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}}

@@ -18,6 +18,8 @@ LAYOUTS = ("window", "sequence")
 # Fields of config.model that only the window layout has.
 WINDOW_ONLY_FIELDS = ("frame_position_embedding", "frame_slot_embedding",
                       "countdown_on_last_frame")
+# Fields of config.model that only the sequence layout has.
+SEQUENCE_ONLY_FIELDS = ("relative_position_bias", "grid_width")
 
 Transformer = GANimeTransformer | FrameSequenceTransformer
 
@@ -27,7 +29,11 @@ def transformer_from_config(model: Mapping[str, Any]) -> Transformer:
     fields = dict(model)
     layout = fields.pop("layout", "window")
     if layout == "window":
-        return ganime_transformer_from_config(fields)
+        if fields.get("relative_position_bias"):
+            raise UserError("config.model.relative_position_bias needs the sequence layout: set "
+                            "config.model.layout='sequence' or turn the bias off.")
+        return ganime_transformer_from_config(
+            {k: v for k, v in fields.items() if k not in SEQUENCE_ONLY_FIELDS})
     if layout == "sequence":
         return frame_sequence_from_config(
             {k: v for k, v in fields.items() if k not in WINDOW_ONLY_FIELDS})

@@ -10,6 +10,12 @@ still predicts a whole frame, for every frame at once).
   next one is predicted), the last frame, and the earlier frames inside the window of
   `n_frames_before` frames (f_{j-k+1}..f_j for block j; `WHOLE_HISTORY` = every earlier frame).
   The last frame's block sees itself only, so its keys/values are computed once per clip.
+- Optional relative position bias (`relative_position_bias`, T5/Swin style): a learned logit
+  bias per head for each (frame distance, row offset, column offset) between a query token and a
+  key token on the `grid_width`-wide token grid (the last frame is its own distance bucket),
+  shared by all layers. Zeros at init (the model then equals one without it); it lets the model
+  learn "the token one cell up-left, one frame back" once for every position instead of once
+  per absolute position.
 - Embeddings: token + within-frame position (the GPT-2 position table, rows 0..frame_tokens-1,
   so the HF trunk still imports) + frame index (0 for the last frame, 1 + j for f_j) + the
   countdown of the frame each block predicts (frames left until the last frame after it). The
@@ -38,11 +44,14 @@ WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is vis
 Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, slots * hw, heads, head_dim)
 
 
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+               bias: jax.Array | None = None) -> jax.Array:
     """Softmax attention, logits and softmax in float32. q (..., T, H, D), k/v (..., S, H, D),
-    mask broadcastable to (..., H, T, S)."""
+    mask and the optional float32 logit bias broadcastable to (..., H, T, S)."""
     logits = jnp.einsum("...thd,...shd->...hts", q, k,
                         preferred_element_type=jnp.float32) / q.shape[-1] ** 0.5
+    if bias is not None:
+        logits = logits + bias
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("...hts,...shd->...thd", weights, v)
@@ -62,9 +71,11 @@ def block_mask(frame_ids: jax.Array, frame_tokens: int, window: int) -> jax.Arra
 
 def dense_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                  inputs: Any) -> tuple[jax.Array, Any]:
-    """Block-causal attention over the whole sequence; `inputs` is the (L, L) mask."""
+    """Block-causal attention over the whole sequence; `inputs` = (the (L, L) mask, the
+    (H, L, L) position bias or None)."""
     del past
-    return _attention(q, k, v, inputs[None, None]), None
+    mask, bias = inputs
+    return _attention(q, k, v, mask[None, None], bias), None
 
 
 def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
@@ -72,15 +83,17 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     """Block j of the clip frames against the last frame and its own window only.
 
     `inputs` = (window_index (F, W) int32: the blocks of each clip frame's window, oldest first,
-    window_valid (F, W) bool). Block 0 (the last frame) attends to itself.
+    window_valid (F, W) bool, then the position biases or None: the last frame's block against
+    itself (H, hw, hw), and every clip block against [last frame, window] (H, hw, (1 + W) * hw)).
+    Block 0 (the last frame) attends to itself.
     """
     del past
-    window_index, window_valid = inputs
+    window_index, window_valid, last_bias, frame_bias = inputs
     batch, length, heads, dim = q.shape
     blocks = window_index.shape[0] + 1
     hw = length // blocks
     q, k, v = (x.reshape(batch, blocks, hw, heads, dim) for x in (q, k, v))
-    last_out = _attention(q[:, 0], k[:, 0], v[:, 0], jnp.ones((1, 1, 1, 1), bool))
+    last_out = _attention(q[:, 0], k[:, 0], v[:, 0], jnp.ones((1, 1, 1, 1), bool), last_bias)
 
     def windows(x):  # (B, F, (1 + W) * hw, H, D): the last frame, then the window
         gathered = x[:, window_index]  # (B, F, W, hw, H, D)
@@ -90,7 +103,7 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
 
     valid = jnp.concatenate([jnp.ones((blocks - 1, 1), bool), window_valid], axis=1)
     mask = jnp.repeat(valid, hw, axis=1)[None, :, None, None, :]  # (1, F, 1, 1, S)
-    frame_out = _attention(q[:, 1:], windows(k), windows(v), mask)
+    frame_out = _attention(q[:, 1:], windows(k), windows(v), mask, frame_bias)
     return jnp.concatenate([last_out[:, None], frame_out], axis=1).reshape(
         batch, length, heads, dim), None
 
@@ -99,15 +112,15 @@ def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                   inputs: Any) -> tuple[jax.Array, Any]:
     """One block against the cache: write its keys/values into slot `slot`, then attend to the
     visible slots. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (slot int32,
-    visible (slots,) bool)."""
-    slot, visible = inputs
+    visible (slots,) bool, the (H, hw, slots * hw) position bias or None)."""
+    slot, visible, bias = inputs
     hw = q.shape[1]
     keys, values = past
     keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), slot * hw, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), slot * hw,
                                                  axis=1)
     mask = jnp.repeat(visible, hw)[None, None, None, :]
-    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, bias)
     return out, (keys, values)
 
 
@@ -119,16 +132,30 @@ def window_indices(num_frames: int, window: int) -> tuple[np.ndarray, np.ndarray
     return (np.clip(frames, 0, None) + 1).astype(np.int32), frames >= 0
 
 
+def grid_offset_index(frame_tokens: int, grid_width: int) -> np.ndarray:
+    """(hw, hw) int32: for query token p and key token q of a `grid_width`-wide grid, the row of
+    their (row offset, column offset) in a table of (2 rows - 1) x (2 grid_width - 1) offsets."""
+    rows = frame_tokens // grid_width
+    r, c = np.divmod(np.arange(frame_tokens), grid_width)
+    dr = r[:, None] - r[None, :] + rows - 1
+    dc = c[:, None] - c[None, :] + grid_width - 1
+    return (dr * (2 * grid_width - 1) + dc).astype(np.int32)
+
+
 class FrameSequenceTransformer(nn.Module):
     """Next-frame logits for every frame of a clip in one pass (module docstring).
 
     `n_frames_before` is the attention window in frames (WHOLE_HISTORY = 0: all of them).
+    `relative_position_bias`: the learned bias of the module docstring, on a token grid
+    `grid_width` tokens wide (ignored without it).
     """
 
     gpt: GPT2Config
     frame_tokens: int
     n_frames_before: int
     max_frames: int
+    relative_position_bias: bool = False
+    grid_width: int = 0
 
     def setup(self) -> None:
         cfg = self.gpt
@@ -138,6 +165,32 @@ class FrameSequenceTransformer(nn.Module):
         self.frame_index = self.param(
             "frame_index", init, (self.max_frames, cfg.n_embd), cfg.weight_dtype)
         self.lm = GPT2LM(cfg, name=LM_PARAMS)
+        if self.relative_position_bias:
+            rows = self.frame_tokens // self.grid_width
+            offsets = (2 * rows - 1) * (2 * self.grid_width - 1)
+            self.bias_table = self.param("relative_bias", nn.initializers.zeros,
+                                         (cfg.n_head, 1 + self._distances, offsets), jnp.float32)
+
+    @property
+    def _distances(self) -> int:
+        """Frame distances with a bucket of their own (query frame minus key frame, 0..D-1)."""
+        window = self.n_frames_before
+        return self.max_frames if window == WHOLE_HISTORY else window
+
+    def _bucket(self, distance: jax.Array, key_is_last: jax.Array) -> jax.Array:
+        """Bias bucket of a key block: 0 for the last frame, else 1 + its (clipped) distance."""
+        return jnp.where(key_is_last, 0, 1 + jnp.clip(distance, 0, self._distances - 1))
+
+    def _position_bias(self, buckets: jax.Array) -> jax.Array | None:
+        """(H, Q * hw, K * hw) float32 bias for query blocks against key blocks with bias buckets
+        `buckets` (Q, K); None without a relative position bias."""
+        if not self.relative_position_bias:
+            return None
+        hw = self.frame_tokens
+        offsets = jnp.asarray(grid_offset_index(hw, self.grid_width))
+        bias = self.bias_table[:, buckets][..., offsets]  # (H, Q, K, hw, hw)
+        heads, q_blocks, k_blocks = bias.shape[:3]
+        return jnp.transpose(bias, (0, 1, 3, 2, 4)).reshape(heads, q_blocks * hw, k_blocks * hw)
 
     @property
     def cache_slots(self) -> int:
@@ -163,10 +216,17 @@ class FrameSequenceTransformer(nn.Module):
         extra = self._embeddings(block_ids, remaining)
         window = self.n_frames_before
         if contiguous and window != WHOLE_HISTORY and num_frames > window:
-            attend, inputs = windowed_attend, tuple(
-                jnp.asarray(a) for a in window_indices(num_frames, window))
+            index, valid = window_indices(num_frames, window)
+            # Keys: the last frame (bucket 0), then the window, oldest first (distance W-1..0).
+            window_buckets = np.concatenate([[0], 1 + np.arange(window - 1, -1, -1)])
+            last_bias = self._position_bias(jnp.zeros((1, 1), jnp.int32))
+            frame_bias = self._position_bias(jnp.asarray(window_buckets)[None])
+            attend, inputs = windowed_attend, (jnp.asarray(index), jnp.asarray(valid),
+                                               last_bias, frame_bias)
         else:
-            attend, inputs = dense_attend, block_mask(block_ids, hw, window)
+            bias = self._position_bias(self._bucket(block_ids[:, None] - block_ids[None, :],
+                                                    (block_ids == 0)[None, :]))
+            attend, inputs = dense_attend, (block_mask(block_ids, hw, window), bias)
         logits = self.lm(tokens, extra, train=train, attend=attend, attend_inputs=inputs,
                          positions=jnp.tile(jnp.arange(hw), num_frames + 1))
         return logits[:, hw:].reshape(batch, num_frames, hw, -1)
@@ -180,10 +240,12 @@ class FrameSequenceTransformer(nn.Module):
 
     def prefill(self, cache: Cache, last_tokens: jax.Array) -> Cache:
         """The cache with the last frame's keys/values in slot 0."""
-        visible = jnp.arange(self.cache_slots) == 0
+        slots = jnp.arange(self.cache_slots)
+        visible = slots == 0
         extra = self.frame_index[0][None, None]
+        bias = self._position_bias(jnp.zeros((1, self.cache_slots), jnp.int32))  # slot 0 only
         _, cache = self.lm(last_tokens, extra, past_kv=cache, return_kv=True,
-                           attend=cached_attend, attend_inputs=(jnp.int32(0), visible),
+                           attend=cached_attend, attend_inputs=(jnp.int32(0), visible, bias),
                            positions=jnp.arange(self.frame_tokens))
         return cache
 
@@ -199,13 +261,16 @@ class FrameSequenceTransformer(nn.Module):
         if window == WHOLE_HISTORY:
             slot = 1 + index
             visible = slots <= slot
+            distance = index - (slots - 1)
         else:
             slot = 1 + index % window
             visible = (slots == 0) | ((slots >= 1) & (slots - 1 <= index))
+            distance = (index - (slots - 1)) % window  # slot s holds the latest f = s-1 mod W
         extra = self._embeddings(jnp.reshape(index + 1, (1,)), remaining[:, None])
+        bias = self._position_bias(self._bucket(distance, slots == 0)[None])
         logits, cache = self.lm(frame, extra, past_kv=cache, return_kv=True,
                                 attend=cached_attend,
-                                attend_inputs=(jnp.asarray(slot, jnp.int32), visible),
+                                attend_inputs=(jnp.asarray(slot, jnp.int32), visible, bias),
                                 positions=jnp.arange(self.frame_tokens))
         return logits, cache
 
@@ -247,6 +312,12 @@ def frame_sequence_from_config(model: Mapping[str, Any]) -> FrameSequenceTransfo
     if gpt.n_positions < fields["frame_tokens"]:
         raise UserError(f"config.model.gpt.n_positions={gpt.n_positions} is below "
                         f"frame_tokens={fields['frame_tokens']} (positions inside a frame).")
+    if fields.get("relative_position_bias"):
+        width = fields.get("grid_width", 0)
+        if width <= 0 or fields["frame_tokens"] % width:
+            raise UserError(f"config.model.grid_width={width} must be a positive divisor of "
+                            f"frame_tokens={fields['frame_tokens']}: the tokenizer's grid width "
+                            "(frame width / its downsampling factor).")
     if fields["n_frames_before"] < 0:
         raise UserError(f"config.model.n_frames_before={fields['n_frames_before']}: use a window "
                         f"of at least 1 frame, or {WHOLE_HISTORY} for the whole history.")
