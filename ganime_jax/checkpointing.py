@@ -35,7 +35,11 @@ ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
 # checkpoints (whose saved configs lack the field) were trained with.
 LATER_FIELDS = {"model.patch_size": 1, "model.norm_eps": 1e-6,
                 "model.downsample": "strided_conv", "model.upsample": "nearest_conv",
-                "model.scaled_attention": True, "model.attention_placement": "taming"}
+                "model.scaled_attention": True, "model.attention_placement": "taming",
+                "model.relative_position_bias": False}
+# Fields that shape the state only while another (boolean) field is on: compared only when it
+# is on in both configs (where it differs, that field's own comparison names it).
+DEPENDENT_FIELDS = {"model.grid_width": "model.relative_position_bias"}
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -154,10 +158,18 @@ def write_params_checkpoint(workdir: str | pathlib.Path, step: int, state: dict,
 
 def check_same_architecture(saved: dict, current: dict, where: Any) -> None:
     """Raises a one-line error naming the first architecture field that differs."""
+    def value(config: dict, field: str) -> Any:
+        section, key = field.split(".", 1)
+        return config.get(section, {}).get(key, LATER_FIELDS.get(field))
+
     for section in ARCHITECTURE_SECTIONS:
         old, new = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(old) | set(new)):
-            before = old.get(key, LATER_FIELDS.get(f"{section}.{key}"))
+            field = f"{section}.{key}"
+            switch = DEPENDENT_FIELDS.get(field)
+            if switch and not (value(saved, switch) and value(current, switch)):
+                continue
+            before = value(saved, field)
             if _normalise(before) != _normalise(new.get(key)):
                 raise UserError(
                     f"the checkpoint in {where} was trained with {section}.{key}="

@@ -182,3 +182,23 @@ def test_axis_rules_come_from_the_config_and_drive_stage1_sharding():
                                     jax.sharding.PartitionSpec(None, None, None, None))
     with pytest.raises(UserError, match="mesh axis 'model'"):
         mesh_lib.axis_rules(ml_collections.ConfigDict({"axis_rules": (("embed", "model"),)}))
+
+
+def test_checkpoints_from_before_a_field_existed_still_match():
+    """A stage-2 checkpoint saved before `relative_position_bias` and `grid_width` existed
+    matches today's config with the bias off, whatever the grid width; turning the bias on is
+    an architecture change, and so is another grid width once the bias is on."""
+    from configs import gpt_mnist_demo
+    from ganime_jax import checkpointing
+
+    current = gpt_mnist_demo.get_config().to_dict()
+    saved = {**current, "model": {k: v for k, v in current["model"].items()
+                                  if k not in ("relative_position_bias", "grid_width")}}
+    checkpointing.check_same_architecture(saved, current, "old")
+    biased = {**current, "model": {**current["model"], "relative_position_bias": True}}
+    with pytest.raises(UserError, match="model.relative_position_bias=False"):
+        checkpointing.check_same_architecture(saved, biased, "old")
+    wider = {**biased, "model": {**biased["model"], "grid_width": 16}}
+    checkpointing.check_same_architecture(biased, biased, "new")
+    with pytest.raises(UserError, match="model.grid_width=8"):
+        checkpointing.check_same_architecture(biased, wider, "new")
