@@ -125,6 +125,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.evaluate.num_clips = 256  # the first held-out clips with at least num_frames frames
     config.evaluate.num_frames = 20
     # Rows of the table; without "model" no GPT checkpoint is read: a tokenizer evaluated alone.
+    # "model_mean" adds the pixel mean of the model's sampled clips over the seeds (the
+    # squared-error-optimal point estimate under the model; needs sampling and 2+ seeds).
     config.evaluate.methods = ("model", "reconstruction", "cross_fade", "hold")
     config.evaluate.seeds = (0, 1, 2, 3, 4)  # the original reported 5 runs; greedy runs once
     config.evaluate.batch_size = 16  # clips per generation call

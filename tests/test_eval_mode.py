@@ -185,6 +185,27 @@ def test_baseline_numbers_equal_direct_metric_calls(sampled, setup, truth, token
                                fvd.kernel_distance(real, fake), rtol=1e-3, atol=1e-6)
 
 
+def test_model_mean_is_the_pixel_mean_of_the_seeds_clips(setup, truth):
+    """The model_mean row scores the rounded per-pixel mean of the clips the model sampled
+    with each seed, as one deterministic run after the model's rows."""
+    config = _config(setup, "mean", methods=("model", "model_mean"), seeds=(0, 1, 2))
+    settings = run.settings_from_config(config)
+    generator = sample.load_generator(config, setup["workdir"])
+    runs, _ = run.evaluate(generator.tokenizer, generator, truth, settings)
+    assert list(runs) == ["model", "model_mean"] and len(runs["model_mean"]) == 1
+    seeds = [run.generate_set(generator, truth, seed, settings) for seed in (0, 1, 2)]
+    mean = np.rint((seeds[0].astype(np.float64) + seeds[1] + seeds[2]) / 3).astype(np.uint8)
+    assert not np.array_equal(mean, seeds[0])
+    a, b = truth[:, 1:-1], mean[:, 1:-1]
+    np.testing.assert_allclose(runs["model_mean"][0]["psnr"], np.minimum(
+        np.asarray(image.psnr(a, b)), scoring.PSNR_CAP_DB).mean(), rtol=1e-5)
+    np.testing.assert_allclose(runs["model_mean"][0]["lpips"], image.lpips_frames(
+        load_lpips_params(), a, b, batch_size=8).mean(), rtol=1e-5)
+    assert runs["model_mean"][0]["seed"] is None
+    assert run._methods(runs, settings)["model_mean"]["label"] == (
+        "model, pixel mean of its 3 clips")
+
+
 def test_a_second_eval_is_served_from_the_cache_and_a_new_truth_is_not(sampled, setup, truth,
                                                                          monkeypatch):
     def no_work(*args, **kwargs):
@@ -266,6 +287,10 @@ def test_errors_are_one_line(setup, tmp_path):
         (dict(num_clips=1, fvd=True), None, "num_clips=1 is too small: use at least 2"),
         (dict(method="beam"), None, "sampling method 'beam' is unknown"),
         (dict(batch_size=0), None, "config.evaluate.batch_size must be at least 1"),
+        (dict(methods=("model", "model_mean"), method="greedy"), None,
+         "'model_mean'.* needs 'model' in the methods, a sampling method other than greedy"),
+        (dict(methods=("model", "model_mean"), seeds=(0,)), None, "at least two seeds"),
+        (dict(methods=("model_mean", "hold")), None, "needs 'model' in the methods"),
     ]
     for evaluate, workdir, message in cases:
         with pytest.raises(UserError, match=message) as error:

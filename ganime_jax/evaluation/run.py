@@ -2,8 +2,9 @@
 
 The first `config.evaluate.num_clips` held-out clips with at least `num_frames` frames are cut
 to `num_frames`; the model generates their in-between frames from their first and last frames
-once per seed (once in all when sampling is greedy, which ignores the seed), and the
-baselines of `baselines.py` are made once. Every set is scored against the true clips
+once per seed (once in all when sampling is greedy, which ignores the seed), optionally
+averaged over the seeds pixel by pixel (`model_mean`), and the baselines of `baselines.py`
+are made once. Every set is scored against the true clips
 (`scoring.py`: PSNR, SSIM, LPIPS per in-between frame) and, with `config.evaluate.fvd`, by
 FVD/KVD of I3D features (first frame dropped). Features and scores are cached on disk by the
 clips' content (`set_cache.py`), so the baselines cost nothing after the first run on a test set.
@@ -33,12 +34,16 @@ from ganime_jax.tokenizer import load_tokenizer
 OUTPUT_SUBDIR = "eval"  # under the workdir when config.evaluate.output_dir is ""
 CACHE_SUBDIR = "eval_cache"  # under data_root when feature_cache_dir is ""
 MODEL = "model"
+# The pixel mean of the model's clips over the seeds: a Monte-Carlo estimate of the model's
+# posterior-mean clip, the point estimate that minimises expected squared error (so PSNR)
+# under the model, at the cost of sharpness (the perception-distortion trade-off).
+MODEL_MEAN = "model_mean"
 # The deterministic methods, made once each, in table order after the model.
 BASELINE_LABELS = {"reconstruction": "VQ-GAN reconstruction (ceiling)",
                    "cross_fade": "cross-fade", "hold": "hold first, then last",
                    "black": "all-black frame"}
 # Everything, in table order: what `config.evaluate.methods` selects from.
-ALL_METHODS = (MODEL, *BASELINE_LABELS)
+ALL_METHODS = (MODEL, MODEL_MEAN, *BASELINE_LABELS)
 # What configs written before `config.evaluate.methods` existed evaluate.
 DEFAULT_METHODS = (MODEL, "reconstruction", "cross_fade", "hold")
 
@@ -105,6 +110,11 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         raise UserError(f"config.evaluate.methods={methods!r}: give distinct names out of "
                         f"{list(ALL_METHODS)} (leave out {MODEL!r} to evaluate a tokenizer "
                         "alone).")
+    if MODEL_MEAN in methods and (MODEL not in methods or len(seeds) < 2 or (
+            section.method or sampling.method) == "greedy"):
+        raise UserError(f"config.evaluate.methods has {MODEL_MEAN!r}, the pixel mean of the "
+                        f"model's sampled clips: it needs {MODEL!r} in the methods, a sampling "
+                        "method other than greedy and at least two seeds.")
     settings = EvalSettings(
         num_clips=section.num_clips, num_frames=section.num_frames,
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
@@ -142,6 +152,14 @@ def generate_set(generator: sample.Generator, truth: np.ndarray, seed: int,
                                   desc=f"generating (seed {seed})")
 
 
+def pixel_mean(sets: list[np.ndarray]) -> np.ndarray:
+    """uint8 clips: the per-pixel mean of same-shaped uint8 clip sets, rounded."""
+    total = np.zeros(sets[0].shape, np.float32)
+    for clips in sets:
+        total += clips
+    return np.rint(total / len(sets)).astype(np.uint8)
+
+
 def baseline_set(name: str, tokenizer: generation.FrameTokenizer, truth: np.ndarray,
                  settings: EvalSettings) -> np.ndarray:
     """The clips of baseline `name` (a key of BASELINE_LABELS)."""
@@ -176,6 +194,9 @@ def evaluate(tokenizer: generation.FrameTokenizer, generator: sample.Generator |
         with timings("generation" if name == MODEL else "baselines"):
             sets.append(generate_set(generator, truth, seed, settings) if name == MODEL
                         else baseline_set(name, tokenizer, truth, settings))
+    if MODEL_MEAN in settings.methods:
+        sets.append(pixel_mean([clips for (name, _), clips in zip(plan, sets) if name == MODEL]))
+        plan.append((MODEL_MEAN, None))
     with timings("metrics"):
         scores = _frame_scores(truth, sets, settings, cache)
     distances = [{} for _ in sets]
@@ -255,6 +276,11 @@ def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips:
                      "identical clips, so the model ran once (no spread).")
     elif settings.seeds_run and len(settings.seeds) > 1:
         notes.append(f"model: mean ± standard deviation over seeds {list(settings.seeds)}.")
+    if MODEL_MEAN in settings.methods:
+        notes.append(f"{MODEL_MEAN}: the per-pixel mean of the model's clips over seeds "
+                     f"{list(settings.seeds_run)} (one run), an estimate of the model's "
+                     "posterior-mean clip: the least squared error under the model, not a "
+                     "sample of it.")
     notes.append("the VQ-GAN reconstruction and the baselines are deterministic: one run each.")
     if settings.fvd:
         notes.append("FVD and KVD: Kinetics-400 I3D logits of the whole clips, first frame "
@@ -266,7 +292,9 @@ def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips:
 
 
 def _methods(runs: dict[str, list], settings: EvalSettings) -> dict[str, dict[str, Any]]:
-    labels = {MODEL: f"model ({settings.sampling_label()})", **BASELINE_LABELS}
+    labels = {MODEL: f"model ({settings.sampling_label()})",
+              MODEL_MEAN: f"model, pixel mean of its {len(settings.seeds_run)} clips",
+              **BASELINE_LABELS}
     return {name: {"label": labels[name],
                    "deterministic": name != MODEL or settings.method == "greedy",
                    "runs": method_runs, "aggregate": report.aggregate(method_runs)}
