@@ -20,7 +20,7 @@ from ganime_jax import checkpointing, generation, writable
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
-from ganime_jax.models.frame_layouts import Transformer, example_inputs
+from ganime_jax.models.frame_layouts import Transformer, check_token_grid, example_inputs
 from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 from ganime_jax.train.gpt_task import build_model
 from ganime_jax.train.summary import image_grid
@@ -68,6 +68,8 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
             f"the tokenizer in {config.tokenizer.workdir} makes frames of "
             f"{tokenizer.frame_tokens} tokens but config.model.frame_tokens is "
             f"{transformer.frame_tokens}; use the tokenizer the transformer was trained with.")
+    check_token_grid(transformer, tokenizer.grid_shape,
+                     f"the tokenizer in {config.tokenizer.workdir}")
     params, step = _restore_params(config, pathlib.Path(workdir), transformer)
     return Generator(tokenizer, transformer, params, step)
 

@@ -12,7 +12,7 @@ import pytest
 from ganime_jax.models.frame_sequence import (WHOLE_HISTORY, FrameSequenceTransformer,
                                               frame_sequence_from_config, rollout)
 from ganime_jax.errors import UserError
-from ganime_jax.models.frame_layouts import transformer_from_config
+from ganime_jax.models.frame_layouts import check_token_grid, transformer_from_config
 from ganime_jax.models.gpt import GPT2Config
 from ganime_jax.train import gpt_step
 
@@ -165,6 +165,12 @@ def test_config_errors_are_one_line():
         {**fields, "relative_position_bias": True, "grid_width": GRID_WIDTH}).grid_width == 4
     with pytest.raises(UserError, match="sequence layout"):
         transformer_from_config({**fields, "layout": "window", "relative_position_bias": True})
+    biased = make_model(2, relative_bias=True)
+    check_token_grid(biased, (2, GRID_WIDTH), "the tokenizer")
+    check_token_grid(make_model(2), (4, 2), "the tokenizer")  # no bias: any grid
+    with pytest.raises(UserError, match=r"grid_width=4 but the tokenizer makes token grids of "
+                                        r"4x2; set config.model.grid_width=2"):
+        check_token_grid(biased, (4, 2), "the tokenizer")
 
 
 def test_relative_bias_starts_neutral_and_reaches_every_attention_path():

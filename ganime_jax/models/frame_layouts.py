@@ -5,7 +5,7 @@
 - `sequence`: the whole clip in one block-causal pass, frame-level KV cache for sampling
   (`FrameSequenceTransformer`); several times more target tokens per second of training.
 """
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -38,6 +38,15 @@ def transformer_from_config(model: Mapping[str, Any]) -> Transformer:
         return frame_sequence_from_config(
             {k: v for k, v in fields.items() if k not in WINDOW_ONLY_FIELDS})
     raise UserError(f"config.model.layout={layout!r} is unknown; use one of {list(LAYOUTS)}.")
+
+
+def check_token_grid(model: Transformer, grid_shape: Sequence[int], source: str) -> None:
+    """One-line error where a relative position bias assumes another grid width than the
+    tokenizer's (`grid_shape` = (rows, columns) of its token grid, `source` names it)."""
+    rows, columns = grid_shape
+    if getattr(model, "relative_position_bias", False) and model.grid_width != columns:
+        raise UserError(f"config.model.grid_width={model.grid_width} but {source} makes token "
+                        f"grids of {rows}x{columns}; set config.model.grid_width={columns}.")
 
 
 def example_inputs(model: Transformer) -> tuple[jnp.ndarray, ...]:

@@ -16,7 +16,8 @@ from ganime_jax import checkpointing, conditioning, generation, mesh as mesh_lib
 from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.data import pipeline, tfds_io, video_io
 from ganime_jax.errors import UserError
-from ganime_jax.models.frame_layouts import Transformer, transformer_from_config
+from ganime_jax.models.frame_layouts import (Transformer, check_token_grid,
+                                            transformer_from_config)
 from ganime_jax.models.ganime_transformer import LM_PARAMS
 from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 from ganime_jax.train import gpt_step
@@ -79,7 +80,10 @@ def check_tokens(config: ml_collections.ConfigDict) -> None:
     if summary["frame_shape"] != [model.frame_tokens]:
         raise UserError(f"{path} has {summary['frame_shape'][0]} tokens per frame but "
                         f"config.model.frame_tokens is {model.frame_tokens}; make them equal.")
-    codes = tfds_io.read_metadata(data.data_root, name).get("tokenizer", {}).get("num_embeddings")
+    tokenizer = tfds_io.read_metadata(data.data_root, name).get("tokenizer", {})
+    if "grid_shape" in tokenizer:
+        check_token_grid(build_model(model), tokenizer["grid_shape"], f"the tokenizer of {path}")
+    codes = tokenizer.get("num_embeddings")
     if codes is not None and model.gpt.vocab_size < codes:
         raise UserError(f"config.model.gpt.vocab_size={model.gpt.vocab_size} is below the "
                         f"tokenizer's {codes} codes; set it to at least {codes}.")
