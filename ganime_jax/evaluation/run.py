@@ -110,11 +110,6 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         raise UserError(f"config.evaluate.methods={methods!r}: give distinct names out of "
                         f"{list(ALL_METHODS)} (leave out {MODEL!r} to evaluate a tokenizer "
                         "alone).")
-    if MODEL_MEAN in methods and (MODEL not in methods or len(seeds) < 2 or (
-            section.method or sampling.method) == "greedy"):
-        raise UserError(f"config.evaluate.methods has {MODEL_MEAN!r}, the pixel mean of the "
-                        f"model's sampled clips: it needs {MODEL!r} in the methods, a sampling "
-                        "method other than greedy and at least two seeds.")
     settings = EvalSettings(
         num_clips=section.num_clips, num_frames=section.num_frames,
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
@@ -122,6 +117,10 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
         metrics_batch_size=section.metrics_batch_size, ssim_gaussian=section.ssim_gaussian)
+    if MODEL_MEAN in settings.methods and len(settings.seeds_run) < 2:  # greedy runs once
+        raise UserError(f"config.evaluate.methods has {MODEL_MEAN!r}, the pixel mean of the "
+                        f"model's sampled clips: it needs {MODEL!r} in the methods, a sampling "
+                        "method other than greedy and at least two seeds.")
     generation.check_sampling(settings.method, settings.temperature, settings.top_k,
                               settings.top_p)
     return settings

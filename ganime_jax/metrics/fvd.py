@@ -29,7 +29,8 @@ from ganime_jax.errors import UserError
 from ganime_jax.metrics import i3d
 
 # Bumped whenever the features change for the same inputs (network, preprocessing, dtype).
-FEATURE_VERSION = "i3d-kinetics-400-logits-v3"  # v2: resize folded into the stem; v3: 2D convs, 1-D pools
+# v2: resize folded into the stem; v3: 3D convs as 2D convs, max pools one axis at a time.
+FEATURE_VERSION = "i3d-kinetics-400-logits-v3"
 
 
 def _check_features(name: str, feats: np.ndarray, min_rows: int) -> np.ndarray:
