@@ -77,6 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
     # A local Hugging Face GPT-2 directory (config.json + model.safetensors) to start from, or "".
     config.model.init_from_hf = ""
     config.model.init_vocab_policy = "truncate"  # or "reinit" (see convert/hf_gpt2.py)
+    # Share in [0, 1] of the token embeddings' initial variance taken from the tokenizer's
+    # codebook (a random projection of its codes: similar codes start with similar embeddings
+    # and, through the tied head, similar logits); 0: GPT-2's random init (the reference).
+    config.model.codebook_embedding_share = 0.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.lr = 1e-4

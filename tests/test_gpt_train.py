@@ -1,5 +1,5 @@
 """Stage-2 training: the parallel objective against per-frame loops, masks, accumulation,
-sharding, HF initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
+sharding, HF and codebook initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
 import functools
 import json
 import pathlib
@@ -17,7 +17,8 @@ from configs import gpt_demo, gpt_kny, gpt_mnist_demo, gpt_tiny
 from ganime_jax import conditioning, config_check
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import LAYOUTS
-from ganime_jax.train import gpt_step
+from ganime_jax.tokenizer import load_tokenizer
+from ganime_jax.train import codebook_embedding, gpt_step
 from ganime_jax.train.gpt_task import GPTTask, SampleWriter, build_fns, check_config
 from ganime_jax.train.summary import MetricWriter
 from resume_helpers import check_killed_run_resumes, main_command
@@ -279,6 +280,57 @@ def test_init_from_local_hf_gpt2(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**hf_config, "layer_norm_epsilon": 1e-6}))
     with pytest.raises(UserError, match="layer_norm_epsilon"):
         task.init_state(jax.random.key(0))
+
+
+def test_mix_codebook_keeps_the_codes_geometry_at_the_embeddings_scale():
+    embeddings = jax.random.normal(jax.random.key(0), (40, 32)) * 0.02
+    codes = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
+    key = jax.random.key(1)
+    assert codebook_embedding.mix_codebook(embeddings, codes, 0.0, key) is embeddings
+    pure = np.asarray(codebook_embedding.mix_codebook(embeddings, codes, 1.0, key))
+    np.testing.assert_array_equal(pure[30:], embeddings[30:])  # past the codebook: kept
+    # A scaled isometry of the centred codes: all pairwise distances in one ratio.
+    def distances(x):
+        return np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(len(x), 1)]
+    ratio = distances(pure[:30]) / distances(codes - codes.mean(0))
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    assert pure[:30].std() == pytest.approx(float(embeddings.std()), rel=0.05)
+    half = np.asarray(codebook_embedding.mix_codebook(embeddings, codes, 0.5, key))
+    np.testing.assert_allclose(half[:30], np.sqrt(0.5) * (embeddings[:30] + pure[:30]),
+                               atol=1e-6)
+    with pytest.raises(UserError, match="n_embd"):
+        codebook_embedding.mix_codebook(embeddings[:, :4], codes, 0.5, key)
+    with pytest.raises(UserError, match="all equal"):
+        codebook_embedding.mix_codebook(embeddings, np.ones((30, 6), np.float32), 0.5, key)
+
+
+def test_init_mixes_the_tokenizers_codebook_into_the_embeddings(stage1_workdirs):
+    config = _config()
+    config.tokenizer.workdir = stage1_workdirs["workdir"]
+    plain = jax.device_get(GPTTask(config, mesh_of(1, 1)).init_state(jax.random.key(0)).params)
+    config.model.codebook_embedding_share = 1.0
+    task = GPTTask(config, mesh_of(2, 4))
+    mixed = jax.device_get(task.init_state(jax.random.key(0)).params)
+    codes = codebook_embedding.tokenizer_codes(load_tokenizer(config.tokenizer.workdir))
+    count = len(codes)
+    assert count <= config.model.gpt.vocab_size
+    wte = mixed["lm"]["wte"]
+    # The embeddings' Gram matrix is the centred codes', up to one scale factor.
+    centred = codes - codes.mean(0)
+    gram, expected = wte[:count] @ wte[:count].T, centred @ centred.T
+    np.testing.assert_allclose(gram / gram[0, 0], expected / expected[0, 0], atol=1e-4)
+    np.testing.assert_array_equal(wte[count:], plain["lm"]["wte"][count:])
+    for name in ("wpe", "h_0"):  # nothing but the token embeddings changes
+        jax.tree.map(np.testing.assert_array_equal, mixed["lm"][name], plain["lm"][name])
+    for field, value, match in (("codebook_embedding_share", 1.5, r"\[0, 1\]"),
+                                ("init_from_hf", "some/dir", "use one of them")):
+        bad = ml_collections.ConfigDict(config.to_dict())
+        bad.model[field] = value
+        with pytest.raises(UserError, match=match):
+            check_config(bad, mesh_of(1, 1))
+    config.tokenizer.workdir = ""
+    with pytest.raises(UserError, match="tokenizer.workdir"):
+        check_config(config, mesh_of(1, 1))
 
 
 def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs, tmp_path):

@@ -20,15 +20,17 @@ from ganime_jax.models.frame_layouts import (Transformer, check_token_grid,
                                             transformer_from_config)
 from ganime_jax.models.ganime_transformer import LM_PARAMS
 from ganime_jax.tokenizer import Tokenizer, load_tokenizer
-from ganime_jax.train import gpt_step
+from ganime_jax.train import codebook_embedding, gpt_step
 from ganime_jax.train.loop import TrainingClock
 from ganime_jax.train.summary import MetricWriter, image_grid
 
 # config.model fields that choose the initialisation, not the module.
-INIT_FIELDS = ("init_from_hf", "init_vocab_policy")
+INIT_FIELDS = ("init_from_hf", "init_vocab_policy", "codebook_embedding_share")
 # GPT2Config fields an imported checkpoint must share (sizes are checked by shape).
 HF_MATCHING_FIELDS = ("layer_norm_epsilon", "tie_word_embeddings")
 SAMPLES_DIR = "samples"
+# fold_in index of the init key that draws the codebook's random projection.
+CODEBOOK_PROJECTION_KEY = 1
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> Transformer:
@@ -66,6 +68,16 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         raise UserError(f"config.train.own_prediction_temperature="
                         f"{config.train.own_prediction_temperature} must be >= 0 (0: the "
                         "argmax, as the reference; above 0: sampled contexts).")
+    share = model.codebook_embedding_share
+    if not 0.0 <= share <= 1.0:
+        raise UserError(f"config.model.codebook_embedding_share={share} must be in [0, 1] "
+                        "(0: random embeddings; 1: the codebook's geometry only).")
+    if share and model.init_from_hf:
+        raise UserError("config.model.codebook_embedding_share and config.model.init_from_hf "
+                        "both set the token embeddings; use one of them.")
+    if share and not config.tokenizer.workdir:
+        raise UserError("config.model.codebook_embedding_share needs config.tokenizer.workdir "
+                        "(the codebook comes from the tokenizer).")
 
 
 def check_tokens(config: ml_collections.ConfigDict) -> None:
@@ -143,13 +155,27 @@ class GPTTask:
         return self._abstract
 
     def init_state(self, rng: jax.Array) -> gpt_step.GPTState:
-        """A fresh state, born sharded; GPT-2 weights overlaid if `init_from_hf` names some."""
+        """A fresh state, born sharded; GPT-2 weights overlaid if `init_from_hf` names some,
+        the tokenizer's codebook mixed into the token embeddings if
+        `codebook_embedding_share` is above 0."""
         with self.context():
             state = mesh_lib.run_once(lambda key: nn.unbox(gpt_step.init_state(key, self.fns)),
                                       rng, out_shardings=self.state_shardings)
         if self.config.model.init_from_hf:
             state = state.replace(params=self._overlay_hf(state.params))
+        share = self.config.model.codebook_embedding_share
+        if share:
+            state = state.replace(params=self._overlay_codebook(
+                state.params, share, jax.random.fold_in(rng, CODEBOOK_PROJECTION_KEY)))
         return state
+
+    def _overlay_codebook(self, params: Any, share: float, rng: jax.Array) -> Any:
+        codes = codebook_embedding.tokenizer_codes(
+            load_tokenizer(self.config.tokenizer.workdir, self.mesh))
+        wte = params[LM_PARAMS]["wte"]
+        mixed = codebook_embedding.mix_codebook(wte, codes, share, rng)
+        lm = {**params[LM_PARAMS], "wte": jax.device_put(mixed, wte.sharding)}
+        return {**params, LM_PARAMS: lm}
 
     def _overlay_hf(self, params: Any) -> Any:
         gpt = self.model.gpt
