@@ -102,6 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
     # How the own-prediction phase picks its context frames: 0 takes the argmax, as the
     # reference does; above 0 samples at that temperature (scheduled sampling).
     config.train.own_prediction_temperature = 0.0
+    # Sequence layout: the largest share of context tokens (frames after the first) that a
+    # training clip replaces by random codes, its share drawn uniformly from [0, this]; the
+    # targets stay true (gpt_step.noisy_context). 0: none, as the reference.
+    config.train.context_noise = 0.0
     config.train.log_every = 100
     config.train.checkpoint_every = 2_000
     config.train.keep_checkpoints = 3

@@ -190,6 +190,45 @@ def test_sampled_contexts_follow_the_temperature(setup, layout):
     assert len({greedy, sampled, loss(1, 1.0)}) == 3
 
 
+def test_noisy_context_keeps_the_first_frame_and_draws_a_rate_per_clip():
+    frames = jnp.zeros((64, 5, 256), jnp.int32)
+    noisy = np.asarray(gpt_step.noisy_context(frames, 0.8, 1000, jax.random.key(0)))
+    np.testing.assert_array_equal(noisy[:, 0], 0)
+    rates = (noisy[:, 1:] != 0).mean(axis=(1, 2))  # a replaced token is 0 once in 1000
+    assert rates.max() <= 0.8 + 0.05 and rates.min() < 0.1
+    assert np.mean(rates) == pytest.approx(0.4, abs=0.06)
+    assert noisy.max() < 1000 and len(np.unique(noisy)) > 900
+    np.testing.assert_array_equal(gpt_step.noisy_context(frames, 0.0, 1000, jax.random.key(0)),
+                                  frames)
+
+
+def test_context_noise_trains_on_noisy_contexts_and_evaluates_clean(setup):
+    """With noise the training loss changes (the contexts do) and depends on the key; held-out
+    sums (train=False) ignore it."""
+    _, _, _, tokens, n_frames = setup
+    model, params = _model_and_params("sequence")
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def mean_loss(seed, noise, train):
+        sums = gpt_step.objective(model, False, context_noise=noise)(
+            model, params, tokens, n_frames, jax.random.key(seed), train)
+        return sums.loss / sums.count
+
+    clean = float(mean_loss(0, 0.0, True))
+    noisy = float(mean_loss(0, 0.9, True))
+    assert noisy != clean and float(mean_loss(1, 0.9, True)) != noisy
+    assert float(mean_loss(0, 0.9, True)) == noisy
+    assert float(mean_loss(0, 0.9, False)) == float(mean_loss(0, 0.0, False))
+    config = _config()
+    config.train.context_noise = 0.5
+    with pytest.raises(UserError, match="layout='sequence'"):
+        check_config(config, mesh_of(1, 1))
+    config = _config("sequence")
+    config.train.context_noise = 1.5
+    with pytest.raises(UserError, match=r"context_noise=1.5"):
+        check_config(config, mesh_of(1, 1))
+
+
 def test_own_prediction_temperature_must_not_be_negative():
     config = _config()
     config.train.own_prediction_temperature = -0.5

@@ -10,6 +10,11 @@ Two ways to build the context of each target frame (`ganime_jax.conditioning`):
   `temperature` samples instead (scheduled sampling as Bengio et al. 2015 draw it), so that
   uncertain content is not erased from the context (on Moving MNIST it still collapsed to
   black frames, as with the argmax: README, gpt_mnist9).
+- context noise (sequence layout): teacher forcing, but each training clip replaces a random
+  share of its context tokens (frames after the first, which sampling is always given) by
+  random codes, up to `context_noise`. The targets stay the true frames, so they stay
+  consistent with what the context was, and a model that cannot trust its history must read
+  the last frame and the countdown: what its own drifting rollouts ask of it.
 Padded frames (beyond a clip's n_frames) are masked: the loss is the mean cross-entropy over
 the valid target tokens of the whole batch. Gradient accumulation splits the batch into
 micro-batches inside the step (a `lax.scan`), normalising by the whole batch's token count,
@@ -28,6 +33,10 @@ import optax
 from ganime_jax import conditioning
 from ganime_jax.models.frame_layouts import Transformer, example_inputs
 from ganime_jax.models.frame_sequence import FrameSequenceTransformer, rollout
+
+# fold_in indices of a step's key for its draws, apart from the dropout keys folded from it.
+CHOICE_KEY = 1
+NOISE_KEY = 2
 from ganime_jax.models.ganime_transformer import GANimeTransformer
 from ganime_jax.train import optimizers
 
@@ -112,7 +121,7 @@ def context_choice(temperature: float,
     draw from softmax(logits / temperature) keyed on (rng, s)."""
     if temperature == 0:
         return lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    key = jax.random.fold_in(rng, 1)  # apart from the dropout keys folded from `rng`
+    key = jax.random.fold_in(rng, CHOICE_KEY)
     return lambda logits, s: jax.random.categorical(
         jax.random.fold_in(key, s), logits / temperature).astype(jnp.int32)
 
@@ -142,14 +151,28 @@ def own_prediction_sums(model: GANimeTransformer, params: Any, tokens: jax.Array
     return Sums(*(jnp.sum(s) for s in sums))
 
 
+def noisy_context(frames: jax.Array, max_rate: float, vocab_size: int,
+                  rng: jax.Array) -> jax.Array:
+    """frames (B, F, hw) with each token after frame 0 replaced, with probability r, by a code
+    drawn uniformly from [0, vocab_size); each clip draws its r uniformly from [0, max_rate]."""
+    rate_key, where_key, code_key = jax.random.split(rng, 3)
+    rate = jax.random.uniform(rate_key, (frames.shape[0], 1, 1)) * max_rate
+    replace = jax.random.uniform(where_key, frames.shape) < rate
+    replace = replace.at[:, 0].set(False)
+    codes = jax.random.randint(code_key, frames.shape, 0, vocab_size, frames.dtype)
+    return jnp.where(replace, codes, frames)
+
+
 def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Array,
                   n_frames: jax.Array, rng: jax.Array, train: bool,
-                  own_predictions: bool = False, temperature: float = 0.0) -> Sums:
+                  own_predictions: bool = False, temperature: float = 0.0,
+                  context_noise: float = 0.0) -> Sums:
     """Every target of the batch in one causal pass over [last][f_0]...[f_{M-3}].
 
     With `own_predictions` the clip frames after f_0 are first generated from f_0 and the last
     frame (cached, no gradient; `context_choice`), then scored against the true frames in one
-    pass.
+    pass. With `context_noise` (training only) the context frames after f_0 are first put
+    through `noisy_context`.
     """
     tf = conditioning.teacher_forcing_inputs(tokens, n_frames, 1)
     inputs = tokens[:, :-2]
@@ -159,18 +182,22 @@ def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Arra
         generated = rollout(model, jax.lax.stop_gradient(params), tokens[:, 0], tf.last,
                             tf.remaining[:, :-1], context_choice(temperature, rng))
         inputs = jnp.concatenate([tokens[:, :1], generated], axis=1)
+    if train and context_noise:
+        inputs = noisy_context(inputs, context_noise, model.gpt.vocab_size,
+                               jax.random.fold_in(rng, NOISE_KEY))
     logits = model.apply({"params": params}, tf.last, inputs, tf.remaining, train=train,
                          rngs={"dropout": rng})
     return token_sums(logits, tf.targets, tf.valid)
 
 
-def objective(model: Transformer, own_predictions: bool,
-              temperature: float = 0.0) -> Callable[..., Sums]:
+def objective(model: Transformer, own_predictions: bool, temperature: float = 0.0,
+              context_noise: float = 0.0) -> Callable[..., Sums]:
     """The loss sums of `model`'s layout, teacher-forced or from its own predictions (chosen
-    at `temperature`, `context_choice`)."""
+    at `temperature`, `context_choice`); `context_noise`: the sequence layout's
+    `noisy_context` while training."""
     if isinstance(model, FrameSequenceTransformer):
         return functools.partial(sequence_sums, own_predictions=own_predictions,
-                                 temperature=temperature)
+                                 temperature=temperature, context_noise=context_noise)
     if own_predictions:
         return functools.partial(own_prediction_sums, temperature=temperature)
     return teacher_forced_sums
@@ -185,17 +212,18 @@ def _micro_batches(x: jax.Array, count: int) -> jax.Array:
 
 def train_step(state: GPTState, batch: dict, rng: jax.Array, *, fns: StepFns,
                grad_accum_steps: int, own_predictions: bool,
-               temperature: float = 0.0) -> tuple[GPTState, dict]:
+               temperature: float = 0.0, context_noise: float = 0.0) -> tuple[GPTState, dict]:
     """One AdamW update from the batch {"tokens": (B, M, hw), "n_frames": (B,)}.
 
     `rng`: the run's base key; this step's key folds in `state.step`. `temperature`: how the
-    own-prediction contexts are chosen (`context_choice`)."""
+    own-prediction contexts are chosen (`context_choice`); `context_noise`: see
+    `noisy_context`."""
     rng = jax.random.fold_in(rng, state.step)
     tokens = batch["tokens"].astype(jnp.int32)
     n_frames = batch["n_frames"].astype(jnp.int32)
     total = jnp.maximum(jnp.sum(conditioning.valid_targets(n_frames, tokens.shape[1]))
                         * tokens.shape[-1], 1).astype(jnp.float32)
-    sums_fn = objective(fns.model, own_predictions, temperature)
+    sums_fn = objective(fns.model, own_predictions, temperature, context_noise)
 
     def loss_fn(params, micro_tokens, micro_frames, micro_rng):
         sums = sums_fn(fns.model, params, micro_tokens, micro_frames, micro_rng, True)
@@ -237,6 +265,7 @@ def eval_sums(params: Any, batch: dict, *, model: Transformer,
 
 
 def make_train_step(fns: StepFns, grad_accum_steps: int, own_predictions: bool,
-                    temperature: float = 0.0) -> Callable:
+                    temperature: float = 0.0, context_noise: float = 0.0) -> Callable:
     return functools.partial(train_step, fns=fns, grad_accum_steps=grad_accum_steps,
-                             own_predictions=own_predictions, temperature=temperature)
+                             own_predictions=own_predictions, temperature=temperature,
+                             context_noise=context_noise)

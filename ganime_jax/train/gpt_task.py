@@ -68,6 +68,12 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
         raise UserError(f"config.train.own_prediction_temperature="
                         f"{config.train.own_prediction_temperature} must be >= 0 (0: the "
                         "argmax, as the reference; above 0: sampled contexts).")
+    noise = config.train.context_noise
+    if not 0.0 <= noise <= 1.0:
+        raise UserError(f"config.train.context_noise={noise} must be in [0, 1] (the largest "
+                        "share of context tokens replaced by random codes; 0: none).")
+    if noise and model.layout != "sequence":
+        raise UserError("config.train.context_noise needs config.model.layout='sequence'.")
     share = model.codebook_embedding_share
     if not 0.0 <= share <= 1.0:
         raise UserError(f"config.model.codebook_embedding_share={share} must be in [0, 1] "
@@ -130,7 +136,9 @@ class GPTTask:
                                                                self.state_shardings)
         accum = config.optimizer.grad_accum_steps
         temperature = config.train.own_prediction_temperature
-        self._steps = {own: jax.jit(gpt_step.make_train_step(self.fns, accum, own, temperature),
+        noise = config.train.context_noise
+        self._steps = {own: jax.jit(gpt_step.make_train_step(self.fns, accum, own, temperature,
+                                                             noise),
                                     in_shardings=(self.state_shardings, self.batch_shardings,
                                                   replicated),
                                     out_shardings=(self.state_shardings, replicated),
