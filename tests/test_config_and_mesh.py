@@ -192,6 +192,7 @@ def test_checkpoints_from_before_a_field_existed_still_match():
     from ganime_jax import checkpointing
 
     current = gpt_mnist_demo.get_config().to_dict()
+    current["model"]["relative_position_bias"] = False
     saved = {**current, "model": {k: v for k, v in current["model"].items()
                                   if k not in ("relative_position_bias", "grid_width")}}
     checkpointing.check_same_architecture(saved, current, "old")
