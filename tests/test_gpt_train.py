@@ -1,5 +1,6 @@
 """Stage-2 training: the parallel objective against per-frame loops, masks, accumulation,
-sharding, HF and codebook initialisation, sample GIFs, configs, and kill-and-resume through main.py."""
+sharding, HF and codebook initialisation, context noise, sample GIFs, configs, and
+kill-and-resume through main.py."""
 import functools
 import json
 import pathlib

@@ -33,12 +33,12 @@ import optax
 from ganime_jax import conditioning
 from ganime_jax.models.frame_layouts import Transformer, example_inputs
 from ganime_jax.models.frame_sequence import FrameSequenceTransformer, rollout
+from ganime_jax.models.ganime_transformer import GANimeTransformer
+from ganime_jax.train import optimizers
 
 # fold_in indices of a step's key for its draws, apart from the dropout keys folded from it.
 CHOICE_KEY = 1
 NOISE_KEY = 2
-from ganime_jax.models.ganime_transformer import GANimeTransformer
-from ganime_jax.train import optimizers
 
 
 @flax.struct.dataclass
