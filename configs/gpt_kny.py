@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     # offset) on the token grid, `grid_width` tokens wide (the tokenizer's width / 8 here).
     config.model.relative_position_bias = False
     config.model.grid_width = 16
+    # Sequence layout only: "parallel" predicts a frame's tokens at once (GANime); "raster" one
+    # after another, each seeing the tokens before it in its frame (README "Stage-2 layouts").
+    config.model.token_order = "parallel"
     # A local Hugging Face GPT-2 directory (config.json + model.safetensors) to start from, or "".
     config.model.init_from_hf = ""
     config.model.init_vocab_policy = "truncate"  # or "reinit" (see convert/hf_gpt2.py)

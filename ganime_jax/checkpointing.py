@@ -36,7 +36,8 @@ ARCHITECTURE_SECTIONS = ("model", "discriminator", "gpt")
 LATER_FIELDS = {"model.patch_size": 1, "model.norm_eps": 1e-6,
                 "model.downsample": "strided_conv", "model.upsample": "nearest_conv",
                 "model.scaled_attention": True, "model.attention_placement": "taming",
-                "model.relative_position_bias": False, "model.codebook_embedding_share": 0.0}
+                "model.relative_position_bias": False, "model.codebook_embedding_share": 0.0,
+                "model.token_order": "parallel"}
 # Fields that shape the state only while another (boolean) field is on: compared only when it
 # is on in both configs (where it differs, that field's own comparison names it).
 DEPENDENT_FIELDS = {"model.grid_width": "model.relative_position_bias"}

@@ -290,3 +290,121 @@ def test_generate_tokens_samples_through_the_cache(model_and_params):
                               sampled)
     np.testing.assert_array_equal(generate(seed=1, batch=slice(0, 1), method="top_p",
                                            top_p=0.95, temperature=2.0)[0], sampled[0])
+
+
+@pytest.fixture(scope="module", params=((2, False), (WHOLE_HISTORY, True)),
+                ids=["raster_window2", "raster_whole_history_bias"])
+def raster_model_and_params(request):
+    window, relative_bias = request.param
+    model = make_model(window, relative_bias).clone(token_order="raster")
+    params = model.init(jax.random.key(0), jnp.zeros((1, HW), jnp.int32),
+                        jnp.zeros((1, 2, HW), jnp.int32), jnp.zeros((1, 1), jnp.int32))["params"]
+    params = jax.tree.map(lambda p: p * 5.0 if p.ndim == 2 else p, params)
+    if relative_bias:
+        params["relative_bias"] = jax.random.normal(jax.random.key(1),
+                                                    params["relative_bias"].shape)
+    return model, params
+
+
+def test_raster_one_pass_equals_feeding_the_cache_token_by_token(raster_model_and_params):
+    """Teacher-forced raster logits of one pass over f_0..f_F equal the sampler's: f_0 fed as
+    one block, then every true token fed alone (the window-2 ring wraps)."""
+    model, params = raster_model_and_params
+    tokens = jnp.asarray(clip_tokens(12, MAX_FRAMES - 1))  # f_0..f_{M-2}
+    last = jnp.asarray(clip_tokens(13, 1)[:, 0])
+    remaining = countdowns(MAX_FRAMES - 2)
+    one_pass = np.asarray(model.apply({"params": params}, last, tokens, remaining))
+    assert one_pass.shape == (BATCH, MAX_FRAMES - 2, HW, VOCAB)
+
+    variables = {"params": params}
+    cache = model.apply(variables, BATCH, method=FrameSequenceTransformer.init_cache)
+    cache = model.apply(variables, cache, last, method=FrameSequenceTransformer.prefill)
+    logits, cache = model.apply(variables, cache, tokens[:, 0], jnp.int32(0), jnp.int32(0),
+                                remaining[:, 0] + 1, method=FrameSequenceTransformer.step_tokens)
+    step = jax.jit(lambda cache, token, frame, position, countdown: model.apply(
+        variables, cache, token, frame, position, countdown,
+        method=FrameSequenceTransformer.step_tokens))
+    cached = []
+    for frame in range(1, MAX_FRAMES - 1):
+        for position in range(HW):
+            cached.append(np.asarray(logits[:, -1]))
+            logits, cache = step(cache, tokens[:, frame, position][:, None], jnp.int32(frame),
+                                 jnp.int32(position), remaining[:, frame - 1])
+    cached = np.stack(cached, axis=1).reshape(one_pass.shape)
+    np.testing.assert_allclose(cached, one_pass, atol=3e-5)
+
+
+def test_raster_token_sees_only_the_tokens_before_it(raster_model_and_params):
+    """Changing token (f, p) leaves the logits of every token up to it unchanged and moves
+    the next token's."""
+    model, params = raster_model_and_params
+    tokens = clip_tokens(14, MAX_FRAMES - 1)
+    last = jnp.asarray(clip_tokens(15, 1)[:, 0])
+    remaining = countdowns(MAX_FRAMES - 2)
+
+    def flat_logits(frames):  # (B, predicted tokens f_1[0].., V)
+        out = model.apply({"params": params}, last, jnp.asarray(frames), remaining)
+        return np.asarray(out).reshape(BATCH, -1, VOCAB)
+
+    base = flat_logits(tokens)
+    for frame, position in ((1, 0), (2, 5), (MAX_FRAMES - 3, HW - 1)):
+        perturbed = tokens.copy()
+        perturbed[:, frame, position] = (perturbed[:, frame, position] + 1) % VOCAB
+        moved = np.abs(flat_logits(perturbed) - base).max(axis=(0, 2))
+        index = (frame - 1) * HW + position  # the changed token's own prediction
+        assert moved[:index + 1].max() == 0.0, (frame, position)
+        assert moved[index + 1] > 1e-3, (frame, position)
+
+
+def test_raster_greedy_rollout_is_the_argmax_of_its_own_prefix(raster_model_and_params):
+    """Every greedy token of the cached rollout is the argmax of the one-pass logits over the
+    rollout itself; through `generation`, top-k of 1 is greedy, seeds reproduce and differ."""
+    from ganime_jax import generation
+
+    model, params = raster_model_and_params
+    first = jnp.asarray(clip_tokens(16, 1)[:, 0])
+    last = jnp.asarray(clip_tokens(17, 1)[:, 0])
+    remaining = countdowns(MAX_FRAMES - 2)
+    greedy = rollout(model, params, first, last, remaining,
+                     lambda logits, _: jnp.argmax(logits, axis=-1))
+    frames = jnp.concatenate([first[:, None], greedy], axis=1)
+    logits = model.apply({"params": params}, last, frames, remaining)
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(logits, axis=-1)), np.asarray(greedy))
+    assert len(np.unique(np.asarray(greedy))) > 4
+
+    def generate(seed, **sampling):
+        return np.asarray(generation.generate_tokens(model, params, first, last, MAX_FRAMES,
+                                                     jax.random.key(seed), **sampling))
+    np.testing.assert_array_equal(generate(0, method="greedy")[:, 1:-1], greedy)
+    np.testing.assert_array_equal(generate(0, method="top_k", top_k=1)[:, 1:-1], greedy)
+    sampled = generate(1, method="top_k", top_k=8, temperature=2.0)
+    np.testing.assert_array_equal(generate(1, method="top_k", top_k=8, temperature=2.0), sampled)
+    assert not np.array_equal(generate(2, method="top_k", top_k=8, temperature=2.0), sampled)
+
+
+def test_raster_objective_scores_every_target_teacher_forced(raster_model_and_params):
+    """sequence_sums in raster order: the one pass over f_0..f_{M-2} scored against f_1..f_{M-2}
+    (padded frames masked); the own-prediction phase and context noise are refused."""
+    model, params = raster_model_and_params
+    tokens = jnp.asarray(clip_tokens(18, MAX_FRAMES))
+    n_frames = jnp.asarray([MAX_FRAMES, MAX_FRAMES - 3], jnp.int32)
+    sums = gpt_step.sequence_sums(model, params, tokens, n_frames, jax.random.key(0),
+                                  train=False)
+    last = tokens[jnp.arange(BATCH), n_frames - 1]
+    remaining = jnp.maximum(n_frames[:, None] - 2 - jnp.arange(MAX_FRAMES - 2)[None, :], 0)
+    logits = model.apply({"params": params}, last, tokens[:, :-1], remaining)
+    expected = gpt_step.token_sums(logits, tokens[:, 1:-1], remaining >= 1)
+    np.testing.assert_allclose([float(sums.loss), float(sums.count)],
+                               [float(expected.loss), float(expected.count)], rtol=1e-5)
+    assert float(sums.count) == HW * (2 * MAX_FRAMES - 3 - 4)
+    for kwargs in (dict(own_predictions=True), dict(train=True, context_noise=0.5)):
+        with pytest.raises(UserError, match="teacher-forced only"):
+            gpt_step.sequence_sums(model, params, tokens, n_frames, jax.random.key(0),
+                                   **{"train": False, **kwargs})
+    with pytest.raises(UserError, match="token_order"):
+        frame_sequence_from_config({"gpt": dict(vocab_size=VOCAB, n_positions=HW, n_embd=32,
+                                                n_layer=1, n_head=4, attn_pdrop=0.0),
+                                    "frame_tokens": HW, "n_frames_before": 2,
+                                    "max_frames": MAX_FRAMES, "token_order": "zigzag"})
+    with pytest.raises(UserError, match="needs the sequence layout"):
+        transformer_from_config({"layout": "window", "token_order": "raster"})

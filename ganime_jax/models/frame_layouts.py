@@ -19,7 +19,7 @@ LAYOUTS = ("window", "sequence")
 WINDOW_ONLY_FIELDS = ("frame_position_embedding", "frame_slot_embedding",
                       "countdown_on_last_frame")
 # Fields of config.model that only the sequence layout has.
-SEQUENCE_ONLY_FIELDS = ("relative_position_bias", "grid_width")
+SEQUENCE_ONLY_FIELDS = ("relative_position_bias", "grid_width", "token_order")
 
 Transformer = GANimeTransformer | FrameSequenceTransformer
 
@@ -32,6 +32,10 @@ def transformer_from_config(model: Mapping[str, Any]) -> Transformer:
         if fields.get("relative_position_bias"):
             raise UserError("config.model.relative_position_bias needs the sequence layout: set "
                             "config.model.layout='sequence' or turn the bias off.")
+        if fields.get("token_order", "parallel") != "parallel":
+            raise UserError(f"config.model.token_order={fields['token_order']!r} needs the "
+                            "sequence layout: set config.model.layout='sequence' or "
+                            "token_order='parallel'.")
         return ganime_transformer_from_config(
             {k: v for k, v in fields.items() if k not in SEQUENCE_ONLY_FIELDS})
     if layout == "sequence":
@@ -54,6 +58,6 @@ def example_inputs(model: Transformer) -> tuple[jnp.ndarray, ...]:
     hw = model.frame_tokens
     last = jnp.zeros((1, hw), jnp.int32)
     if isinstance(model, FrameSequenceTransformer):
-        return last, jnp.zeros((1, 1, hw), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+        return last, jnp.zeros((1, 1 + model.raster, hw), jnp.int32), jnp.zeros((1, 1), jnp.int32)
     return (last, jnp.zeros((1, model.n_frames_before, hw), jnp.int32),
             jnp.zeros((1,), jnp.int32))

@@ -26,6 +26,15 @@ still predicts a whole frame, for every frame at once).
 - Sampling feeds one frame's block per step against a fixed-size cache: slot 0 holds the last
   frame, then a ring of `n_frames_before` frame slots (or one slot per frame for the whole
   history); see `init_cache` and `step`.
+- `token_order="raster"` (ours; GANime's is "parallel"): a frame's tokens are predicted one
+  after another in raster order, each seeing the tokens before it in its own frame, as in a
+  plain GPT over the flattened clip [last][f_0][f_1]...: the logit at token p of a block is
+  that of token p+1 (of the next block's token 0 at p = hw-1). A frame's tokens are then drawn
+  jointly, not independently: where the context leaves a digit's next position uncertain,
+  parallel draws put each patch of it at a different position, a raster draw commits to one.
+  The clip blocks include the frames predicted (their earlier tokens are context), so the
+  window reaches `n_frames_before` whole frames back from the block being predicted, and
+  sampling feeds one token per step (`step_tokens`).
 """
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,6 +49,7 @@ from ganime_jax.models.gpt import GPT2Config, GPT2LM, embedding_init
 
 LM_PARAMS = "lm"  # the GPT-2 trunk's parameter subtree, as in GANimeTransformer
 WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is visible
+TOKEN_ORDERS = ("parallel", "raster")  # `token_order` values (module docstring)
 
 Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, slots * hw, heads, head_dim)
 
@@ -57,15 +67,20 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return jnp.einsum("...hts,...shd->...thd", weights, v)
 
 
-def block_mask(frame_ids: jax.Array, frame_tokens: int, window: int) -> jax.Array:
+def block_mask(frame_ids: jax.Array, frame_tokens: int, window: int,
+               causal_within: bool = False) -> jax.Array:
     """(L, L) bool over the tokens of blocks with frame indices `frame_ids` ((F,), 0 = the last
     frame): a query sees a key when the key's block is the last frame, or when both are clip
-    frames and the key's frame is at most the query's and within `window` of it."""
+    frames and the key's frame is at most the query's and within `window` of it; with
+    `causal_within`, a clip token sees only the tokens up to itself in its own block."""
     ids = jnp.repeat(frame_ids, frame_tokens)
     q, k = ids[:, None], ids[None, :]
     visible = (k == 0) | ((q > 0) & (k <= q))
     if window != WHOLE_HISTORY:
         visible &= (k == 0) | (k > q - window)
+    if causal_within:
+        position = jnp.tile(jnp.arange(frame_tokens), frame_ids.shape[0])
+        visible &= (k != q) | (q == 0) | (position[None, :] <= position[:, None])
     return visible
 
 
@@ -83,12 +98,14 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     """Block j of the clip frames against the last frame and its own window only.
 
     `inputs` = (window_index (F, W) int32: the blocks of each clip frame's window, oldest first,
-    window_valid (F, W) bool, then the position biases or None: the last frame's block against
-    itself (H, hw, hw), and every clip block against [last frame, window] (H, hw, (1 + W) * hw)).
-    Block 0 (the last frame) attends to itself.
+    window_valid (F, W) bool, None or the (hw, hw) bool mask of a block's tokens against its
+    own, the newest of its window (raster order: up to itself), then the position biases or
+    None: the last
+    frame's block against itself (H, hw, hw), and every clip block against [last frame, window]
+    (H, hw, (1 + W) * hw)). Block 0 (the last frame) attends to itself.
     """
     del past
-    window_index, window_valid, last_bias, frame_bias = inputs
+    window_index, window_valid, own_mask, last_bias, frame_bias = inputs
     batch, length, heads, dim = q.shape
     blocks = window_index.shape[0] + 1
     hw = length // blocks
@@ -102,7 +119,12 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                                                                  dim)
 
     valid = jnp.concatenate([jnp.ones((blocks - 1, 1), bool), window_valid], axis=1)
-    mask = jnp.repeat(valid, hw, axis=1)[None, :, None, None, :]  # (1, F, 1, 1, S)
+    mask = jnp.repeat(valid, hw, axis=1)[:, None, :]  # (F, 1, S)
+    if own_mask is not None:
+        older = mask.shape[-1] - hw
+        mask = jnp.concatenate([jnp.broadcast_to(mask[..., :older], (blocks - 1, hw, older)),
+                                jnp.broadcast_to(own_mask, (blocks - 1, hw, hw))], axis=-1)
+    mask = mask[None, :, None]  # (1, F, 1, hw or 1, S)
     frame_out = _attention(q[:, 1:], windows(k), windows(v), mask, frame_bias)
     return jnp.concatenate([last_out[:, None], frame_out], axis=1).reshape(
         batch, length, heads, dim), None
@@ -110,17 +132,14 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
 
 def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                   inputs: Any) -> tuple[jax.Array, Any]:
-    """One block against the cache: write its keys/values into slot `slot`, then attend to the
-    visible slots. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (slot int32,
-    visible (slots,) bool, the (H, hw, slots * hw) position bias or None)."""
-    slot, visible, bias = inputs
-    hw = q.shape[1]
+    """L tokens against the cache: write their keys/values at cache row `start`, then attend
+    to the visible rows. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (start
+    int32, mask (L, slots * hw) bool, the (H, L, slots * hw) position bias or None)."""
+    start, mask, bias = inputs
     keys, values = past
-    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), slot * hw, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), slot * hw,
-                                                 axis=1)
-    mask = jnp.repeat(visible, hw)[None, None, None, :]
-    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, bias)
+    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), start, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), start, axis=1)
+    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask[None, None], bias)
     return out, (keys, values)
 
 
@@ -147,7 +166,8 @@ class FrameSequenceTransformer(nn.Module):
 
     `n_frames_before` is the attention window in frames (WHOLE_HISTORY = 0: all of them).
     `relative_position_bias`: the learned bias of the module docstring, on a token grid
-    `grid_width` tokens wide (ignored without it).
+    `grid_width` tokens wide (ignored without it). `token_order`: "parallel" (a frame's tokens
+    at once) or "raster" (one after another; module docstring).
     """
 
     gpt: GPT2Config
@@ -156,6 +176,7 @@ class FrameSequenceTransformer(nn.Module):
     max_frames: int
     relative_position_bias: bool = False
     grid_width: int = 0
+    token_order: str = "parallel"
 
     def setup(self) -> None:
         cfg = self.gpt
@@ -172,9 +193,20 @@ class FrameSequenceTransformer(nn.Module):
                                          (cfg.n_head, 1 + self._distances, offsets), jnp.float32)
 
     @property
+    def raster(self) -> bool:
+        return self.token_order == "raster"
+
+    @property
+    def _window_blocks(self) -> int:
+        """Clip blocks a block sees (itself included): the window, plus the block being
+        predicted in raster order (WHOLE_HISTORY stays)."""
+        window = self.n_frames_before
+        return window + 1 if self.raster and window != WHOLE_HISTORY else window
+
+    @property
     def _distances(self) -> int:
         """Frame distances with a bucket of their own (query frame minus key frame, 0..D-1)."""
-        window = self.n_frames_before
+        window = self._window_blocks
         return self.max_frames if window == WHOLE_HISTORY else window
 
     def _bucket(self, distance: jax.Array, key_is_last: jax.Array) -> jax.Array:
@@ -195,41 +227,54 @@ class FrameSequenceTransformer(nn.Module):
     @property
     def cache_slots(self) -> int:
         """Frame slots of the sampling cache: the last frame plus the window (or the clip)."""
-        window = self.n_frames_before
-        return 1 + (self.max_frames - 2 if window == WHOLE_HISTORY else window)
+        window = self._window_blocks
+        return 1 + (self.max_frames - 2 + self.raster if window == WHOLE_HISTORY else window)
 
     def __call__(self, last_tokens: jax.Array, frames: jax.Array, remaining: jax.Array,
                  frame_ids: jax.Array | None = None, train: bool = False) -> jax.Array:
-        """Logits (B, F, frame_tokens, vocab): block j's are those of the frame after frames[j].
+        """Logits (B, P, frame_tokens, vocab) of P predicted frames.
 
-        last_tokens (B, hw); frames (B, F, hw): clip frames f_0..f_{F-1} in order, or, with
-        `frame_ids` ((F,) ints >= 0, increasing), the frames with those indices (the others
-        are absent, as in a hand-built context); remaining (B, F): the countdown of the frame
-        each block predicts, clipped to [0, max_frames].
+        last_tokens (B, hw). Parallel order: frames (B, F, hw) are clip frames f_0..f_{F-1} in
+        order, or, with `frame_ids` ((F,) ints >= 0, increasing), the frames with those indices
+        (the others are absent, as in a hand-built context), and block j's logits are those of
+        the frame after frames[j] (P = F). Raster order: frames f_0..f_F, and the logits are
+        those of f_1..f_F (P = F), each token's from the frames before it and the tokens before
+        it in its frame. remaining (B, P): the countdown of each predicted frame, clipped to
+        [0, max_frames].
         """
         batch, num_frames, hw = frames.shape
-        self._check(last_tokens, frames, remaining)
+        self._check(last_tokens, frames, remaining, frame_ids)
         tokens = jnp.concatenate([last_tokens[:, None], frames], axis=1).reshape(batch, -1)
         contiguous = frame_ids is None
         ids = jnp.arange(num_frames) if contiguous else jnp.asarray(frame_ids)
         block_ids = jnp.concatenate([jnp.zeros((1,), ids.dtype), ids + 1])
-        extra = self._embeddings(block_ids, remaining)
-        window = self.n_frames_before
+        extra = self._embeddings(block_ids, self._block_countdowns(remaining))
+        window = self._window_blocks
+        own_mask = jnp.tril(jnp.ones((hw, hw), bool)) if self.raster else None
         if contiguous and window != WHOLE_HISTORY and num_frames > window:
             index, valid = window_indices(num_frames, window)
             # Keys: the last frame (bucket 0), then the window, oldest first (distance W-1..0).
             window_buckets = np.concatenate([[0], 1 + np.arange(window - 1, -1, -1)])
             last_bias = self._position_bias(jnp.zeros((1, 1), jnp.int32))
             frame_bias = self._position_bias(jnp.asarray(window_buckets)[None])
-            attend, inputs = windowed_attend, (jnp.asarray(index), jnp.asarray(valid),
+            attend, inputs = windowed_attend, (jnp.asarray(index), jnp.asarray(valid), own_mask,
                                                last_bias, frame_bias)
         else:
             bias = self._position_bias(self._bucket(block_ids[:, None] - block_ids[None, :],
                                                     (block_ids == 0)[None, :]))
-            attend, inputs = dense_attend, (block_mask(block_ids, hw, window), bias)
+            attend, inputs = dense_attend, (block_mask(block_ids, hw, window, self.raster), bias)
         logits = self.lm(tokens, extra, train=train, attend=attend, attend_inputs=inputs,
                          positions=jnp.tile(jnp.arange(hw), num_frames + 1))
+        if self.raster:  # token i's logits are those of token i + 1 of the flattened clip
+            return logits[:, 2 * hw - 1:-1].reshape(batch, num_frames - 1, hw, -1)
         return logits[:, hw:].reshape(batch, num_frames, hw, -1)
+
+    def _block_countdowns(self, remaining: jax.Array) -> jax.Array:
+        """(B, clip blocks): the countdown each clip block carries. Parallel: that of the frame
+        it predicts; raster: its own frame's (f_0's is one more than f_1's)."""
+        if not self.raster:
+            return remaining
+        return jnp.concatenate([remaining[:, :1] + 1, remaining], axis=1)
 
     def init_cache(self, batch: int) -> Cache:
         """An empty cache: keys and values (n_layer, B, cache_slots * hw, heads, head_dim)."""
@@ -240,23 +285,40 @@ class FrameSequenceTransformer(nn.Module):
 
     def prefill(self, cache: Cache, last_tokens: jax.Array) -> Cache:
         """The cache with the last frame's keys/values in slot 0."""
-        slots = jnp.arange(self.cache_slots)
-        visible = slots == 0
+        hw = self.frame_tokens
+        key_slots = jnp.arange(self.cache_slots * hw) // hw
+        mask = jnp.broadcast_to(key_slots == 0, (hw, key_slots.shape[0]))
         extra = self.frame_index[0][None, None]
         bias = self._position_bias(jnp.zeros((1, self.cache_slots), jnp.int32))  # slot 0 only
         _, cache = self.lm(last_tokens, extra, past_kv=cache, return_kv=True,
-                           attend=cached_attend, attend_inputs=(jnp.int32(0), visible, bias),
-                           positions=jnp.arange(self.frame_tokens))
+                           attend=cached_attend, attend_inputs=(jnp.int32(0), mask, bias),
+                           positions=jnp.arange(hw))
         return cache
 
     def step(self, cache: Cache, frame: jax.Array, index: jax.Array,
              remaining: jax.Array) -> tuple[jax.Array, Cache]:
-        """Feeds clip frame f_index (B, hw) -> (logits (B, hw, vocab) of f_{index+1}, cache).
+        """Parallel order: feeds clip frame f_index (B, hw) -> (logits (B, hw, vocab) of
+        f_{index+1}, cache); `remaining` (B,): f_{index+1}'s countdown.
 
         Frames must be fed in order 0, 1, ... after `prefill`; with a window the cache is a
         ring, so f_index overwrites the frame that just left the window.
         """
-        window = self.n_frames_before
+        return self._feed(cache, frame, index, jnp.int32(0), remaining)
+
+    def step_tokens(self, cache: Cache, tokens: jax.Array, index: jax.Array, start: jax.Array,
+                    countdown: jax.Array) -> tuple[jax.Array, Cache]:
+        """Raster order: feeds tokens (B, L) of clip frame f_index at positions start..start+L-1
+        -> (logits (B, L, vocab) of the token after each, cache); `countdown` (B,): f_index's.
+
+        Tokens must be fed in order (f_0 may come as one block) after `prefill`.
+        """
+        return self._feed(cache, tokens, index, start, countdown)
+
+    def _feed(self, cache: Cache, tokens: jax.Array, index: jax.Array, start: jax.Array,
+              countdown: jax.Array) -> tuple[jax.Array, Cache]:
+        """Tokens (B, L) of f_index from position `start` against the cache (step, step_tokens)."""
+        hw, length = self.frame_tokens, tokens.shape[1]
+        window = self._window_blocks
         slots = jnp.arange(self.cache_slots)
         if window == WHOLE_HISTORY:
             slot = 1 + index
@@ -266,12 +328,20 @@ class FrameSequenceTransformer(nn.Module):
             slot = 1 + index % window
             visible = (slots == 0) | ((slots >= 1) & (slots - 1 <= index))
             distance = (index - (slots - 1)) % window  # slot s holds the latest f = s-1 mod W
-        extra = self._embeddings(jnp.reshape(index + 1, (1,)), remaining[:, None])
+        key_slots = jnp.arange(self.cache_slots * hw) // hw
+        query_positions = start + jnp.arange(length)
+        mask = jnp.broadcast_to(visible[key_slots], (length, key_slots.shape[0]))
+        if self.raster:  # in its own slot a token sees the tokens up to itself
+            key_positions = jnp.arange(self.cache_slots * hw) % hw
+            mask &= (key_slots != slot) | (key_positions <= query_positions[:, None])
+        extra = self._embeddings(jnp.reshape(index + 1, (1,)), countdown[:, None])[:, :1]
         bias = self._position_bias(self._bucket(distance, slots == 0)[None])
-        logits, cache = self.lm(frame, extra, past_kv=cache, return_kv=True,
+        if bias is not None:
+            bias = jax.lax.dynamic_slice_in_dim(bias, start, length, axis=1)
+        logits, cache = self.lm(tokens, extra, past_kv=cache, return_kv=True,
                                 attend=cached_attend,
-                                attend_inputs=(jnp.asarray(slot, jnp.int32), visible, bias),
-                                positions=jnp.arange(self.frame_tokens))
+                                attend_inputs=(slot * hw + start, mask, bias),
+                                positions=query_positions)
         return logits, cache
 
     def _embeddings(self, block_ids: jax.Array, remaining: jax.Array) -> jax.Array:
@@ -288,18 +358,22 @@ class FrameSequenceTransformer(nn.Module):
         extra = index[None] + countdown  # (B, blocks, d)
         return jnp.repeat(extra, hw, axis=1)
 
-    def _check(self, last_tokens: jax.Array, frames: jax.Array, remaining: jax.Array) -> None:
+    def _check(self, last_tokens: jax.Array, frames: jax.Array, remaining: jax.Array,
+               frame_ids: jax.Array | None) -> None:
         batch, num_frames, hw = frames.shape
         if hw != self.frame_tokens or last_tokens.shape != (batch, hw):
             raise UserError(f"frames {frames.shape} and last frame {last_tokens.shape} do not "
                             f"match (B, F, frame_tokens) and (B, frame_tokens) with "
                             f"frame_tokens = {self.frame_tokens}.")
-        if remaining.shape != (batch, num_frames):
-            raise UserError(f"remaining of shape {remaining.shape} must be (batch, frames) = "
-                            f"({batch}, {num_frames}).")
-        if num_frames > self.max_frames - 2:
-            raise UserError(f"{num_frames} input frames exceed max_frames - 2 = "
+        predicted = num_frames - self.raster
+        if remaining.shape != (batch, predicted):
+            raise UserError(f"remaining of shape {remaining.shape} must be (batch, predicted "
+                            f"frames) = ({batch}, {predicted}).")
+        if predicted > self.max_frames - 2 or predicted < 1:
+            raise UserError(f"{predicted} predicted frames: between 1 and max_frames - 2 = "
                             f"{self.max_frames - 2}; raise config.model.max_frames.")
+        if self.raster and frame_ids is not None:
+            raise UserError("frame_ids (a hand-built context) needs token_order='parallel'.")
 
 
 def frame_sequence_from_config(model: Mapping[str, Any]) -> FrameSequenceTransformer:
@@ -321,6 +395,9 @@ def frame_sequence_from_config(model: Mapping[str, Any]) -> FrameSequenceTransfo
     if fields["n_frames_before"] < 0:
         raise UserError(f"config.model.n_frames_before={fields['n_frames_before']}: use a window "
                         f"of at least 1 frame, or {WHOLE_HISTORY} for the whole history.")
+    if fields.get("token_order", "parallel") not in TOKEN_ORDERS:
+        raise UserError(f"config.model.token_order={fields['token_order']!r} is unknown; use "
+                        f"one of {list(TOKEN_ORDERS)}.")
     known = set(FrameSequenceTransformer.__dataclass_fields__) - {"gpt", "parent", "name"}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -334,14 +411,19 @@ def rollout(model: FrameSequenceTransformer, params: Any, first_tokens: jax.Arra
             choose: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
     """Frames 1..S (B, S, hw) generated from f_0 and the last frame in one `lax.scan`.
 
-    remaining (B, S): the countdown of each generated frame. Step s feeds frame s (f_0, then
-    its own output) against the cache and turns the logits (B, hw, vocab) into frame s+1 with
-    `choose(logits, s)` (argmax, or a sampler keyed on s).
+    remaining (B, S): the countdown of each generated frame. Parallel order: step s feeds
+    frame s (f_0, then its own output) against the cache and turns the logits (B, hw, vocab)
+    into frame s+1 with `choose(logits, s)` (argmax, or a sampler keyed on s). Raster order:
+    f_0 is fed as one block, then every step draws one token, token p of frame s+1, with
+    `choose(logits (B, 1, vocab), s * hw + p)` and feeds it.
     """
     variables = {"params": params}
     batch = first_tokens.shape[0]
     cache = model.apply(variables, batch, method=FrameSequenceTransformer.init_cache)
     cache = model.apply(variables, cache, last_tokens, method=FrameSequenceTransformer.prefill)
+    first_tokens = first_tokens.astype(jnp.int32)
+    if model.raster:
+        return _raster_rollout(model, variables, cache, first_tokens, remaining, choose)
 
     def frame_step(carry, xs):
         cache, frame = carry
@@ -352,6 +434,30 @@ def rollout(model: FrameSequenceTransformer, params: Any, first_tokens: jax.Arra
         return (cache, following), following
 
     steps = jnp.arange(remaining.shape[1], dtype=jnp.int32)
-    _, frames = jax.lax.scan(frame_step, (cache, first_tokens.astype(jnp.int32)),
+    _, frames = jax.lax.scan(frame_step, (cache, first_tokens),
                              (steps, jnp.swapaxes(remaining, 0, 1)))
     return jnp.swapaxes(frames, 0, 1)
+
+
+def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cache,
+                    first_tokens: jax.Array, remaining: jax.Array,
+                    choose: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """`rollout` in raster order: one token per `lax.scan` step."""
+    batch, frames = remaining.shape
+    hw = model.frame_tokens
+    logits, cache = model.apply(variables, cache, first_tokens, jnp.int32(0), jnp.int32(0),
+                                remaining[:, 0] + 1, method=FrameSequenceTransformer.step_tokens)
+
+    def token_step(carry, xs):
+        cache, logits = carry
+        i, countdown = xs
+        frame, position = jnp.divmod(i, hw)
+        token = choose(logits[:, None], i).astype(jnp.int32)  # (B, 1)
+        logits, cache = model.apply(variables, cache, token, frame + 1, position, countdown,
+                                    method=FrameSequenceTransformer.step_tokens)
+        return (cache, logits[:, 0]), token[:, 0]
+
+    steps = jnp.arange(frames * hw, dtype=jnp.int32)
+    countdowns = jnp.repeat(jnp.swapaxes(remaining, 0, 1), hw, axis=0)  # (S * hw, B)
+    _, tokens = jax.lax.scan(token_step, (cache, logits[:, -1]), (steps, countdowns))
+    return jnp.transpose(tokens.reshape(frames, hw, batch), (2, 0, 1))

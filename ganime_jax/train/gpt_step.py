@@ -31,6 +31,7 @@ import ml_collections
 import optax
 
 from ganime_jax import conditioning
+from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import Transformer, example_inputs
 from ganime_jax.models.frame_sequence import FrameSequenceTransformer, rollout
 from ganime_jax.models.ganime_transformer import GANimeTransformer
@@ -167,14 +168,19 @@ def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Arra
                   n_frames: jax.Array, rng: jax.Array, train: bool,
                   own_predictions: bool = False, temperature: float = 0.0,
                   context_noise: float = 0.0) -> Sums:
-    """Every target of the batch in one causal pass over [last][f_0]...[f_{M-3}].
+    """Every target of the batch in one causal pass over [last][f_0]...[f_{M-3}] (raster token
+    order: ...[f_{M-2}], the targets being their own within-frame context).
 
     With `own_predictions` the clip frames after f_0 are first generated from f_0 and the last
     frame (cached, no gradient; `context_choice`), then scored against the true frames in one
     pass. With `context_noise` (training only) the context frames after f_0 are first put
-    through `noisy_context`.
+    through `noisy_context`. Neither applies to raster order (`check_raster_objective`).
     """
     tf = conditioning.teacher_forcing_inputs(tokens, n_frames, 1)
+    if model.raster:
+        check_raster_objective(own_predictions, context_noise if train else 0.0)
+        return token_sums(model.apply({"params": params}, tf.last, tokens[:, :-1], tf.remaining,
+                                      train=train, rngs={"dropout": rng}), tf.targets, tf.valid)
     inputs = tokens[:, :-2]
     if own_predictions:
         # Constant parameters: the rollout is a primal-only computation (no residuals kept
@@ -188,6 +194,15 @@ def sequence_sums(model: FrameSequenceTransformer, params: Any, tokens: jax.Arra
     logits = model.apply({"params": params}, tf.last, inputs, tf.remaining, train=train,
                          rngs={"dropout": rng})
     return token_sums(logits, tf.targets, tf.valid)
+
+
+def check_raster_objective(own_predictions: bool, context_noise: float) -> None:
+    """Raster order scores each target token with the true tokens before it in its frame as
+    context, so its frames cannot also be the model's own or noised ones in the same pass."""
+    if own_predictions or context_noise:
+        raise UserError("config.model.token_order='raster' trains teacher-forced only: set "
+                        "config.train.stop_ground_truth_after_step to at least num_steps and "
+                        "config.train.context_noise=0.")
 
 
 def objective(model: Transformer, own_predictions: bool, temperature: float = 0.0,

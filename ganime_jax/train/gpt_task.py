@@ -74,6 +74,9 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
                         "share of context tokens replaced by random codes; 0: none).")
     if noise and model.layout != "sequence":
         raise UserError("config.train.context_noise needs config.model.layout='sequence'.")
+    if model.get("token_order", "parallel") == "raster":
+        gpt_step.check_raster_objective(
+            config.train.stop_ground_truth_after_step < config.train.num_steps, noise)
     share = model.codebook_embedding_share
     if not 0.0 <= share <= 1.0:
         raise UserError(f"config.model.codebook_embedding_share={share} must be in [0, 1] "
@@ -256,22 +259,26 @@ class GPTTask:
     def evaluate(self, state: gpt_step.GPTState) -> dict[str, float]:
         """Held-out loss and token accuracy, teacher-forced and from own (greedy) predictions.
 
-        `own_*` is the accuracy of greedy generation from each clip's first and last frame.
+        `own_*` is the accuracy of greedy generation from each clip's first and last frame
+        (parallel token order only: raster order scores a frame's tokens in one pass only with
+        the true tokens before them, `gpt_step.check_raster_objective`).
         `copy_previous_accuracy` and `nearer_end_accuracy` are what copying gets on the same
         targets (see `conditioning.copy_baseline_accuracies`): the bars for teacher-forced and
         own accuracy.
         """
-        totals = {own: gpt_step.Sums(0.0, 0.0, 0.0) for own in (False, True)}
+        kinds = (False,) if getattr(self.model, "raster", False) else (False, True)
+        totals = {own: gpt_step.Sums(0.0, 0.0, 0.0) for own in kinds}
         with self.context():
             for batch in self._held_out_batches():
                 placed = {k: jax.make_array_from_callback(v.shape, self.batch_shardings[k],
                                                           lambda index, v=v: v[index])
                           for k, v in batch.items()}
-                for own in (False, True):
+                for own in kinds:
                     sums = jax.device_get(self._eval[own](state.params, placed))
                     totals[own] = totals[own] + gpt_step.Sums(*map(float, sums))
         result = {}
-        for own, prefix in ((False, "teacher_forced"), (True, "own")):
+        for own in kinds:
+            prefix = "own" if own else "teacher_forced"
             count = max(totals[own].count, 1.0)
             result[f"{prefix}_loss"] = totals[own].loss / count
             result[f"{prefix}_accuracy"] = totals[own].correct / count
