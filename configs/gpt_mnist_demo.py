@@ -8,9 +8,10 @@
 tokens per frame: a bouncing digit's velocity needs two frames to read, and four layers reach 9
 frames back. Measured on this dataset (README, "Moving MNIST demo pair"): teacher forcing to the
 end (the model's own predictions as context taught it black frames: gpt_mnist6, gpt_mnist9),
-the relative position bias (gpt_mnist10), and lr 4e-3, the best of 1e-3 / 2e-3 / 4e-3 (one run
+the relative position bias (gpt_mnist10), lr 4e-3, the best of 1e-3 / 2e-3 / 4e-3 (one run
 each: gpt_mnist10, 11, 14; held-out loss 1.038 / 0.994 / 0.961 and FVD 264 / 233 / 195 after
-4,000 steps).
+4,000 steps), and raster token order (gpt_mnist17: loss 0.903, FVD 144 against gpt_mnist14's
+195; PSNR 12.26 against 12.67 dB).
 """
 import ml_collections
 
@@ -27,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.grid_width = 8
     config.model.gpt.update(vocab_size=512, n_positions=64)
     config.model.relative_position_bias = True
+    config.model.token_order = "raster"
     config.optimizer.update(lr=4e-3, init_lr=4e-4)
     config.train.stop_ground_truth_after_step = config.train.get_ref("num_steps")
     config.sample.num_frames = 20

@@ -185,16 +185,19 @@ def test_axis_rules_come_from_the_config_and_drive_stage1_sharding():
 
 
 def test_checkpoints_from_before_a_field_existed_still_match():
-    """A stage-2 checkpoint saved before `relative_position_bias` and `grid_width` existed
-    matches today's config with the bias off, whatever the grid width; turning the bias on is
-    an architecture change, and so is another grid width once the bias is on."""
+    """A stage-2 checkpoint saved before `relative_position_bias`, `grid_width` and
+    `token_order` existed matches today's config with the bias off and GANime's parallel
+    order, whatever the grid width; turning the bias on or raster order is an architecture
+    change, and so is another grid width once the bias is on."""
     from configs import gpt_mnist_demo
     from ganime_jax import checkpointing
 
     current = gpt_mnist_demo.get_config().to_dict()
-    current["model"]["relative_position_bias"] = False
+    assert current["model"]["token_order"] == "raster"
+    current["model"].update(relative_position_bias=False, token_order="parallel")
     saved = {**current, "model": {k: v for k, v in current["model"].items()
-                                  if k not in ("relative_position_bias", "grid_width")}}
+                                  if k not in ("relative_position_bias", "grid_width",
+                                               "token_order")}}
     checkpointing.check_same_architecture(saved, current, "old")
     biased = {**current, "model": {**current["model"], "relative_position_bias": True}}
     with pytest.raises(UserError, match="model.relative_position_bias=False"):
@@ -203,3 +206,7 @@ def test_checkpoints_from_before_a_field_existed_still_match():
     checkpointing.check_same_architecture(biased, biased, "new")
     with pytest.raises(UserError, match="model.grid_width=8"):
         checkpointing.check_same_architecture(biased, wider, "new")
+    raster = {**current, "model": {**current["model"], "token_order": "raster"}}
+    with pytest.raises(UserError, match="model.token_order='parallel' but the config says "
+                                        "'raster'"):
+        checkpointing.check_same_architecture(saved, raster, "old")
