@@ -132,15 +132,37 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
 
 def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                   inputs: Any) -> tuple[jax.Array, Any]:
-    """L tokens against the cache: write their keys/values at cache row `start`, then attend
-    to the visible rows. `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (start
-    int32, mask (L, slots * hw) bool, the (H, L, slots * hw) position bias or None)."""
-    start, mask, bias = inputs
+    """L new tokens against the cache (read only) and against each other.
+
+    `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (cache_mask (L, slots * hw) bool:
+    the cache rows each new token sees, never those it is about to overwrite; new_mask (L, L)
+    bool; the (H, L, slots * hw + L) position bias or None). Returns the attention and the new
+    tokens' (keys, values): the caller writes those into the cache once for all layers
+    (`write_cache`), so a step copies no layer's whole cache.
+    """
+    cache_mask, new_mask, bias = inputs
     keys, values = past
-    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), start, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), start, axis=1)
-    out = _attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask[None, None], bias)
-    return out, (keys, values)
+    scale = q.shape[-1] ** 0.5
+    logits = jnp.concatenate([
+        jnp.einsum("bthd,bshd->bhts", q, keys.astype(q.dtype),
+                   preferred_element_type=jnp.float32),
+        jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)], axis=-1)
+    logits = logits / scale
+    if bias is not None:
+        logits = logits + bias
+    mask = jnp.concatenate([cache_mask, new_mask], axis=-1)[None, None]
+    weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    weights = weights.astype(v.dtype)
+    rows = keys.shape[1]
+    out = (jnp.einsum("bhts,bshd->bthd", weights[..., :rows], values.astype(v.dtype))
+           + jnp.einsum("bhts,bshd->bthd", weights[..., rows:], v))
+    return out, (k, v)
+
+
+def write_cache(cache: Cache, new: Cache, row: jax.Array) -> Cache:
+    """The cache with every layer's new keys/values (n_layer, B, L, H, D) written at `row`."""
+    return tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), row, axis=2)
+                 for c, n in zip(cache, new))
 
 
 def window_indices(num_frames: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,14 +308,17 @@ class FrameSequenceTransformer(nn.Module):
     def prefill(self, cache: Cache, last_tokens: jax.Array) -> Cache:
         """The cache with the last frame's keys/values in slot 0."""
         hw = self.frame_tokens
-        key_slots = jnp.arange(self.cache_slots * hw) // hw
-        mask = jnp.broadcast_to(key_slots == 0, (hw, key_slots.shape[0]))
+        cache_mask = jnp.zeros((hw, self.cache_slots * hw), bool)  # the cache is empty
         extra = self.frame_index[0][None, None]
-        bias = self._position_bias(jnp.zeros((1, self.cache_slots), jnp.int32))  # slot 0 only
-        _, cache = self.lm(last_tokens, extra, past_kv=cache, return_kv=True,
-                           attend=cached_attend, attend_inputs=(jnp.int32(0), mask, bias),
-                           positions=jnp.arange(hw))
-        return cache
+        bias = self._position_bias(jnp.zeros((1, 1), jnp.int32))  # the last frame on itself
+        if bias is not None:
+            bias = jnp.concatenate([jnp.zeros((bias.shape[0], hw, self.cache_slots * hw),
+                                              bias.dtype), bias], axis=-1)
+        _, new = self.lm(last_tokens, extra, past_kv=cache, return_kv=True,
+                         attend=cached_attend,
+                         attend_inputs=(cache_mask, jnp.ones((hw, hw), bool), bias),
+                         positions=jnp.arange(hw))
+        return write_cache(cache, new, jnp.int32(0))
 
     def step(self, cache: Cache, frame: jax.Array, index: jax.Array,
              remaining: jax.Array) -> tuple[jax.Array, Cache]:
@@ -329,20 +354,24 @@ class FrameSequenceTransformer(nn.Module):
             visible = (slots == 0) | ((slots >= 1) & (slots - 1 <= index))
             distance = (index - (slots - 1)) % window  # slot s holds the latest f = s-1 mod W
         key_slots = jnp.arange(self.cache_slots * hw) // hw
-        query_positions = start + jnp.arange(length)
-        mask = jnp.broadcast_to(visible[key_slots], (length, key_slots.shape[0]))
-        if self.raster:  # in its own slot a token sees the tokens up to itself
-            key_positions = jnp.arange(self.cache_slots * hw) % hw
-            mask &= (key_slots != slot) | (key_positions <= query_positions[:, None])
+        key_positions = jnp.arange(self.cache_slots * hw) % hw
+        # Cached rows: the visible slots, except the rows of its own slot these tokens (and, in
+        # raster order, the tokens after them) are about to overwrite.
+        cache_mask = visible[key_slots] & ((key_slots != slot) | (key_positions < start))
+        cache_mask = jnp.broadcast_to(cache_mask, (length, key_slots.shape[0]))
+        new_mask = (jnp.tril(jnp.ones((length, length), bool)) if self.raster
+                    else jnp.ones((length, length), bool))
+        row = slot * hw + start
         extra = self._embeddings(jnp.reshape(index + 1, (1,)), countdown[:, None])[:, :1]
         bias = self._position_bias(self._bucket(distance, slots == 0)[None])
         if bias is not None:
             bias = jax.lax.dynamic_slice_in_dim(bias, start, length, axis=1)
-        logits, cache = self.lm(tokens, extra, past_kv=cache, return_kv=True,
-                                attend=cached_attend,
-                                attend_inputs=(slot * hw + start, mask, bias),
-                                positions=query_positions)
-        return logits, cache
+            bias = jnp.concatenate([bias, jax.lax.dynamic_slice_in_dim(bias, row, length,
+                                                                       axis=2)], axis=-1)
+        logits, new = self.lm(tokens, extra, past_kv=cache, return_kv=True,
+                              attend=cached_attend, attend_inputs=(cache_mask, new_mask, bias),
+                              positions=start + jnp.arange(length))
+        return logits, write_cache(cache, new, row)
 
     def _embeddings(self, block_ids: jax.Array, remaining: jax.Array) -> jax.Array:
         """(B, blocks * hw, n_embd): frame index of every block, plus the countdown of every
