@@ -149,7 +149,8 @@ def _generate_sequence(transformer: FrameSequenceTransformer, params: Any,
                                                   num_frames), jnp.int32), (batch, num_frames - 2))
     sample = functools.partial(sample_tokens, method=method, temperature=temperature,
                                top_k=top_k, top_p=top_p)
-    # Frame s + 1 is sampled at step s, keyed on its index like the window layout's frames.
+    # Parallel order: frame s + 1 is sampled at step s, keyed on its index like the window
+    # layout's frames; raster order: generated token s (of all frames, in order) on s + 1.
     middle = rollout(transformer, params, first_tokens, last_tokens, remaining,
                      lambda logits, s: _sample_frame(sample, logits, rng, s + 1))
     return jnp.concatenate([first_tokens[:, None], middle, last_tokens[:, None]], axis=1)
