@@ -51,7 +51,7 @@ LM_PARAMS = "lm"  # the GPT-2 trunk's parameter subtree, as in GANimeTransformer
 WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is visible
 TOKEN_ORDERS = ("parallel", "raster")  # `token_order` values (module docstring)
 
-Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, slots * hw, heads, head_dim)
+Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, heads, slots * hw, head_dim)
 
 
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -134,7 +134,8 @@ def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
                   inputs: Any) -> tuple[jax.Array, Any]:
     """L new tokens against the cache (read only) and against each other.
 
-    `past` = (keys, values) (B, slots * hw, H, D); `inputs` = (cache_mask (L, slots * hw) bool:
+    `past` = (keys, values) (B, H, slots * hw, D), heads before rows so that the products
+    with the cache need no transpose of it; `inputs` = (cache_mask (L, slots * hw) bool:
     the cache rows each new token sees, never those it is about to overwrite; new_mask (L, L)
     bool; the (H, L, slots * hw + L) position bias or None). Returns the attention and the new
     tokens' (keys, values): the caller writes those into the cache once for all layers
@@ -144,7 +145,7 @@ def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     keys, values = past
     scale = q.shape[-1] ** 0.5
     logits = jnp.concatenate([
-        jnp.einsum("bthd,bshd->bhts", q, keys.astype(q.dtype),
+        jnp.einsum("bthd,bhsd->bhts", q, keys.astype(q.dtype),
                    preferred_element_type=jnp.float32),
         jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)], axis=-1)
     logits = logits / scale
@@ -153,15 +154,16 @@ def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     mask = jnp.concatenate([cache_mask, new_mask], axis=-1)[None, None]
     weights = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
     weights = weights.astype(v.dtype)
-    rows = keys.shape[1]
-    out = (jnp.einsum("bhts,bshd->bthd", weights[..., :rows], values.astype(v.dtype))
+    rows = keys.shape[2]
+    out = (jnp.einsum("bhts,bhsd->bthd", weights[..., :rows], values.astype(v.dtype))
            + jnp.einsum("bhts,bshd->bthd", weights[..., rows:], v))
     return out, (k, v)
 
 
 def write_cache(cache: Cache, new: Cache, row: jax.Array) -> Cache:
     """The cache with every layer's new keys/values (n_layer, B, L, H, D) written at `row`."""
-    return tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), row, axis=2)
+    return tuple(jax.lax.dynamic_update_slice_in_dim(c, jnp.swapaxes(n, 2, 3).astype(c.dtype),
+                                                     row, axis=3)
                  for c, n in zip(cache, new))
 
 
@@ -299,9 +301,9 @@ class FrameSequenceTransformer(nn.Module):
         return jnp.concatenate([remaining[:, :1] + 1, remaining], axis=1)
 
     def init_cache(self, batch: int) -> Cache:
-        """An empty cache: keys and values (n_layer, B, cache_slots * hw, heads, head_dim)."""
+        """An empty cache: keys and values (n_layer, B, heads, cache_slots * hw, head_dim)."""
         cfg = self.gpt
-        shape = (cfg.n_layer, batch, self.cache_slots * self.frame_tokens, cfg.n_head,
+        shape = (cfg.n_layer, batch, cfg.n_head, self.cache_slots * self.frame_tokens,
                  cfg.head_dim)
         return jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)
 
