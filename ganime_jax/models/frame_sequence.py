@@ -100,9 +100,8 @@ def windowed_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     `inputs` = (window_index (F, W) int32: the blocks of each clip frame's window, oldest first,
     window_valid (F, W) bool, None or the (hw, hw) bool mask of a block's tokens against its
     own, the newest of its window (raster order: up to itself), then the position biases or
-    None: the last
-    frame's block against itself (H, hw, hw), and every clip block against [last frame, window]
-    (H, hw, (1 + W) * hw)). Block 0 (the last frame) attends to itself.
+    None: the last frame's block against itself (H, hw, hw), and every clip block against
+    [last frame, window] (H, hw, (1 + W) * hw)). Block 0 (the last frame) attends to itself.
     """
     del past
     window_index, window_valid, own_mask, last_bias, frame_bias = inputs
