@@ -150,6 +150,11 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
     return np.stack([np.asarray(r["frames"])[:num_frames] for r in records])
 
 
+def candidates(config: ml_collections.ConfigDict) -> int:
+    """`config.sample.candidates`; configs saved before the field existed draw one clip."""
+    return config.sample.get("candidates", 1)
+
+
 def _grid_video(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per time step, the generated clips in a row above the ground truth."""
     return np.stack([image_grid([generated[:, t], truth[:, t]])
@@ -167,6 +172,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     num_frames = settings.num_frames if num_frames is None else num_frames
     video_path, gif_path = output_paths(config, workdir, output,
                                         PAIR_NAME if first is not None else GRID_NAME)
+    generation.check_candidates(candidates(config), settings.method)
     generator = load_generator(config, workdir)
     generation.check_num_frames(num_frames, generator.transformer.max_frames)
     frame_shape = generator.tokenizer.frame_shape
@@ -177,14 +183,15 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         truth = heldout_clips(config, num_frames, settings.num_clips)
         firsts, lasts = truth[:, 0], truth[:, -1]
     sampling = dict(method=settings.method, temperature=settings.temperature,
-                    top_k=settings.top_k, top_p=settings.top_p)
+                    top_k=settings.top_k, top_p=settings.top_p, candidates=candidates(config))
     start = time.perf_counter()
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,
         jax.random.key(settings.seed), decode_batch_size=generation.default_decode_batch_size(),
         **sampling)
+    best = f", best of {sampling['candidates']}" if sampling["candidates"] > 1 else ""
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
-          f"transformer ({settings.method}) in {time.perf_counter() - start:.1f} s "
+          f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)
     video = clips[0] if truth is None else _grid_video(clips, truth)
     fps = settings.get("fps", DEFAULT_FPS)

@@ -304,7 +304,29 @@ def test_errors_are_one_line(setup, tmp_path):
         run.run_eval(vqgan_tiny.get_config(), setup["workdir"])
     with pytest.raises(UserError, match="--first only applies to --mode=sample"):
         cli.run_mode("eval", _config(setup, "errors"), setup["workdir"], first="a.png")
+    for candidates, method, message in ((0, "top_k", "candidates must be an integer >= 1"),
+                                        (2, "greedy", "greedy decoding draws 2 identical")):
+        config = _config(setup, "errors")
+        config.sample.update(candidates=candidates, method=method)
+        with pytest.raises(UserError, match=message):
+            run.run_eval(config, setup["workdir"])
     assert not (setup["root"] / "errors").exists()
+
+
+def test_best_of_k_is_in_the_settings_the_label_and_the_clips(setup, truth):
+    config = _config(setup, "best_of")
+    config.sample.candidates = 2
+    settings = run.settings_from_config(config)
+    assert settings.sampling()["candidates"] == 2
+    assert settings.sampling_label() == "top_k, k=8, temperature 1.0, best of 2 by arrival"
+    generator = sample.load_generator(config, setup["workdir"])
+    clips = run.generate_set(generator, truth, 0, settings)
+    one = run.generate_set(generator, truth, 0, run.settings_from_config(_config(setup, "one")))
+    # Best of 2 ends at least as near the last frame as the first draw, and once nearer here.
+    def arrival_error(generated):
+        return ((generated[:, -2].astype(np.float32) - truth[:, -1]) ** 2).mean(axis=(1, 2, 3))
+    assert (arrival_error(clips) <= arrival_error(one)).all()
+    assert (arrival_error(clips) < arrival_error(one)).any()
 
 
 def test_main_py_eval_end_to_end_greedy_runs_once(setup):

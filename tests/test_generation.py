@@ -219,6 +219,46 @@ def test_generate_frames_keeps_the_given_ends_and_decodes_the_generated_tokens(t
                                    jax.random.key(0))
 
 
+def test_best_of_k_keeps_the_candidate_that_arrives_nearest_the_last_frame(tokenizer):
+    transformer = GANimeTransformer(
+        gpt=GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=1, n_head=4),
+        frame_tokens=32, n_frames_before=1, max_frames=MAX_FRAMES, countdown_on_last_frame=False)
+    params = _init(transformer, 0)
+    rng = np.random.default_rng(3)
+    clips, candidates, frames = 4, 3, 5
+    first, last = (rng.integers(0, 256, (clips, *tokenizer.frame_shape), dtype=np.uint8)
+                   for _ in range(2))
+    sampling = dict(method="top_k", top_k=VOCAB, temperature=1.0)
+
+    def generate(count):
+        return generation.generate_frames(tokenizer, transformer, params, first, last, frames,
+                                          jax.random.key(0), decode_batch_size=4,
+                                          candidates=count, **sampling)
+
+    best = generate(candidates)
+    # The candidates: draw k with fold_in(key, k), draw 0 with the key itself.
+    keys = [jax.random.key(0)] + [jax.random.fold_in(jax.random.key(0), k)
+                                  for k in range(1, candidates)]
+    tokens = np.stack([generation.generate_tokens(
+        transformer, params, tokenizer.encode(first), tokenizer.encode(last), frames, key,
+        **sampling) for key in keys], axis=1)
+    drawn = np.asarray(tokenizer.decode(tokens[:, :, 1:-1].reshape(-1, 32)))
+    drawn = drawn.reshape(clips, candidates, frames - 2, *tokenizer.frame_shape)
+    errors = ((drawn[:, :, -1].astype(np.float32) - last[:, None]) ** 2).mean(axis=(2, 3, 4))
+    chosen = errors.argmin(axis=1)
+    assert (chosen != 0).any()  # the choice is not the first draw everywhere
+    np.testing.assert_array_equal(best[:, 1:-1], drawn[np.arange(clips), chosen])
+    np.testing.assert_array_equal(best[:, 0], first)
+    np.testing.assert_array_equal(best[:, -1], last)
+    # Candidate 0 is the clip that one draw gives.
+    np.testing.assert_array_equal(generate(1)[:, 1:-1], drawn[:, 0])
+    with pytest.raises(UserError, match="candidates must be an integer >= 1"):
+        generate(0)
+    with pytest.raises(UserError, match="identical clips"):
+        generation.generate_frames(tokenizer, transformer, params, first, last, frames,
+                                   jax.random.key(0), candidates=2, method="greedy")
+
+
 def test_decoding_in_batches_equals_decoding_at_once(tokenizer):
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, VOCAB, (5, 32)), jnp.int32)
     whole = generation.decode_in_batches(tokenizer, tokens, None)

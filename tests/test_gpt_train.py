@@ -237,6 +237,13 @@ def test_own_prediction_temperature_must_not_be_negative():
         check_config(config, mesh_of(1, 1))
 
 
+def test_best_of_k_for_the_sample_gifs_is_checked_before_training():
+    config = _config()
+    config.sample.update(method="top_k", candidates=0)
+    with pytest.raises(UserError, match="candidates must be an integer >= 1"):
+        check_config(config, mesh_of(1, 1))
+
+
 def _linear_config(layout: str = "window", **optimizer) -> ml_collections.ConfigDict:
     """A large Adam eps makes the update linear in the gradient (see test_vqgan_train.py), so
     the rounding noise of gradients that are zero in theory cannot turn into full steps; with

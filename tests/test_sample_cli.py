@@ -198,6 +198,10 @@ def test_checkpoint_and_config_errors(setup, tmp_path):
             config=gpt_config(str(tmp_path / "nowhere"), data_root), **pair)
     _raises(setup, "needs a stage-2 \\(gpt\\) config", config=vqgan_tiny.get_config(), **pair)
     _raises(setup, "--first only applies to --mode=sample", mode="train", **pair)
+    greedy_best_of = gpt_config(tokenizer, data_root)
+    greedy_best_of.sample.update(method="greedy", candidates=3)
+    _raises(setup, "candidates=3 with greedy decoding draws 3 identical clips",
+            config=greedy_best_of, **pair)
     _raises(setup, "--output=.*clip.avi must end in .mp4", output=str(root / "clip.avi"), **pair)
 
 

@@ -60,6 +60,7 @@ class EvalSettings:
     temperature: float
     top_k: int
     top_p: float
+    candidates: int  # clips drawn per pair of frames, the nearest arrival kept
     fvd: bool
     i3d_batch_size: int
     metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
@@ -74,13 +75,14 @@ class EvalSettings:
 
     def sampling(self) -> dict[str, Any]:
         return dict(method=self.method, temperature=self.temperature, top_k=self.top_k,
-                    top_p=self.top_p)
+                    top_p=self.top_p, candidates=self.candidates)
 
     def sampling_label(self) -> str:
         if self.method == "greedy":
             return "greedy"
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
-        return f"{self.method}, {knob}, temperature {self.temperature}"
+        best = f", best of {self.candidates} by arrival" if self.candidates > 1 else ""
+        return f"{self.method}, {knob}, temperature {self.temperature}{best}"
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
@@ -115,7 +117,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
+        candidates=sample.candidates(config), fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
         metrics_batch_size=section.metrics_batch_size, ssim_gaussian=section.ssim_gaussian)
     if MODEL_MEAN in settings.methods and len(settings.seeds_run) < 2:  # greedy runs once
         raise UserError(f"config.evaluate.methods has {MODEL_MEAN!r}, the pixel mean of the "
@@ -123,6 +125,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
                         "method other than greedy and at least two seeds.")
     generation.check_sampling(settings.method, settings.temperature, settings.top_k,
                               settings.top_p)
+    generation.check_candidates(settings.candidates, settings.method)
     return settings
 
 
