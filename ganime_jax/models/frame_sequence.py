@@ -342,16 +342,24 @@ class FrameSequenceTransformer(nn.Module):
 
     def _feed(self, cache: Cache, tokens: jax.Array, index: jax.Array, start: jax.Array,
               countdown: jax.Array) -> tuple[jax.Array, Cache]:
-        """Tokens (B, L) of f_index from position `start` against the cache (step, step_tokens)."""
+        """`feed_unwritten`, then the new keys/values written (step, step_tokens)."""
+        logits, new, row = self.feed_unwritten(cache, tokens, index, start, countdown)
+        return logits, write_cache(cache, new, row)
+
+    def feed_unwritten(self, cache: Cache, tokens: jax.Array, index: jax.Array,
+                       start: jax.Array, countdown: jax.Array
+                       ) -> tuple[jax.Array, Cache, jax.Array]:
+        """Tokens (B, L) of f_index from position `start` against the cache (step,
+        step_tokens), leaving the cache as it is: (logits, the tokens' keys/values, the row
+        where `write_cache` must put them before the cache is read again)."""
         hw, length = self.frame_tokens, tokens.shape[1]
         window = self._window_blocks
         slots = jnp.arange(self.cache_slots)
+        slot = self.cache_slot(index)
         if window == WHOLE_HISTORY:
-            slot = 1 + index
             visible = slots <= slot
             distance = index - (slots - 1)
         else:
-            slot = 1 + index % window
             visible = (slots == 0) | ((slots >= 1) & (slots - 1 <= index))
             distance = (index - (slots - 1)) % window  # slot s holds the latest f = s-1 mod W
         key_slots = jnp.arange(self.cache_slots * hw) // hw
@@ -372,7 +380,13 @@ class FrameSequenceTransformer(nn.Module):
         logits, new = self.lm(tokens, extra, past_kv=cache, return_kv=True,
                               attend=cached_attend, attend_inputs=(cache_mask, new_mask, bias),
                               positions=start + jnp.arange(length))
-        return logits, write_cache(cache, new, row)
+        return logits, new, row
+
+    def cache_slot(self, index: jax.Array) -> jax.Array:
+        """The cache slot of clip frame f_index (slot 0 holds the last frame; with a window
+        the slots are a ring)."""
+        window = self._window_blocks
+        return 1 + (index if window == WHOLE_HISTORY else index % window)
 
     def _embeddings(self, block_ids: jax.Array, remaining: jax.Array) -> jax.Array:
         """(B, blocks * hw, n_embd): frame index of every block, plus the countdown of every
@@ -478,16 +492,26 @@ def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cach
     logits, cache = model.apply(variables, cache, first_tokens, jnp.int32(0), jnp.int32(0),
                                 remaining[:, 0] + 1, method=FrameSequenceTransformer.step_tokens)
 
+    # Each step writes the previous token's keys/values into the cache before reading it: a
+    # write after the read makes XLA copy the whole cache (twice) every step to keep the read's
+    # operand intact, which cost more than the step's arithmetic (README, "Raster sampling").
+    # Step 0 writes zeros into the row its own token takes next (masked until then).
+    pending = tuple(jnp.zeros((c.shape[0], batch, 1, c.shape[2], c.shape[4]), c.dtype)
+                    for c in cache)  # the layout of the keys/values `feed_unwritten` returns
+
     def token_step(carry, xs):
-        cache, logits = carry
+        cache, logits, pending, pending_row = carry
         i, countdown = xs
+        cache = write_cache(cache, pending, pending_row)
         frame, position = jnp.divmod(i, hw)
         token = choose(logits[:, None], i).astype(jnp.int32)  # (B, 1)
-        logits, cache = model.apply(variables, cache, token, frame + 1, position, countdown,
-                                    method=FrameSequenceTransformer.step_tokens)
-        return (cache, logits[:, 0]), token[:, 0]
+        logits, new, row = model.apply(variables, cache, token, frame + 1, position, countdown,
+                                       method=FrameSequenceTransformer.feed_unwritten)
+        return (cache, logits[:, 0], new, row), token[:, 0]
 
     steps = jnp.arange(frames * hw, dtype=jnp.int32)
     countdowns = jnp.repeat(jnp.swapaxes(remaining, 0, 1), hw, axis=0)  # (S * hw, B)
-    _, tokens = jax.lax.scan(token_step, (cache, logits[:, -1]), (steps, countdowns))
+    f1_row = model.cache_slot(jnp.int32(1)) * hw
+    _, tokens = jax.lax.scan(token_step, (cache, logits[:, -1], pending, f1_row),
+                             (steps, countdowns))
     return jnp.transpose(tokens.reshape(frames, hw, batch), (2, 0, 1))
