@@ -469,18 +469,29 @@ def rollout(model: FrameSequenceTransformer, params: Any, first_tokens: jax.Arra
     if model.raster:
         return _raster_rollout(model, variables, cache, first_tokens, remaining, choose)
 
+    hw = model.frame_tokens
+
     def frame_step(carry, xs):
-        cache, frame = carry
+        cache, frame, pending, pending_row = carry
         index, remaining_s = xs
-        logits, cache = model.apply(variables, cache, frame, index, remaining_s,
-                                    method=FrameSequenceTransformer.step)
+        cache = write_cache(cache, pending, pending_row)  # before the read: see _raster_rollout
+        logits, new, row = model.apply(variables, cache, frame, index, jnp.int32(0),
+                                       remaining_s, method=FrameSequenceTransformer.feed_unwritten)
         following = choose(logits, index).astype(jnp.int32)
-        return (cache, following), following
+        return (cache, following, new, row), following
 
     steps = jnp.arange(remaining.shape[1], dtype=jnp.int32)
-    _, frames = jax.lax.scan(frame_step, (cache, first_tokens),
-                             (steps, jnp.swapaxes(remaining, 0, 1)))
+    # Step 0 writes zeros into f_0's rows, which it does not read (its own slot); step 1 writes
+    # f_0's keys/values there.
+    carry = (cache, first_tokens, _no_pending(cache, hw), model.cache_slot(jnp.int32(0)) * hw)
+    _, frames = jax.lax.scan(frame_step, carry, (steps, jnp.swapaxes(remaining, 0, 1)))
     return jnp.swapaxes(frames, 0, 1)
+
+
+def _no_pending(cache: Cache, length: int) -> Cache:
+    """Zero keys/values of `length` tokens in the layout `feed_unwritten` returns them."""
+    return tuple(jnp.zeros((c.shape[0], c.shape[1], length, c.shape[2], c.shape[4]), c.dtype)
+                 for c in cache)
 
 
 def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cache,
@@ -496,9 +507,6 @@ def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cach
     # write after the read makes XLA copy the whole cache (twice) every step to keep the read's
     # operand intact, which cost more than the step's arithmetic (README, "Raster sampling").
     # Step 0 writes zeros into the row its own token takes next (masked until then).
-    pending = tuple(jnp.zeros((c.shape[0], batch, 1, c.shape[2], c.shape[4]), c.dtype)
-                    for c in cache)  # the layout of the keys/values `feed_unwritten` returns
-
     def token_step(carry, xs):
         cache, logits, pending, pending_row = carry
         i, countdown = xs
@@ -512,6 +520,6 @@ def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cach
     steps = jnp.arange(frames * hw, dtype=jnp.int32)
     countdowns = jnp.repeat(jnp.swapaxes(remaining, 0, 1), hw, axis=0)  # (S * hw, B)
     f1_row = model.cache_slot(jnp.int32(1)) * hw
-    _, tokens = jax.lax.scan(token_step, (cache, logits[:, -1], pending, f1_row),
+    _, tokens = jax.lax.scan(token_step, (cache, logits[:, -1], _no_pending(cache, 1), f1_row),
                              (steps, countdowns))
     return jnp.transpose(tokens.reshape(frames, hw, batch), (2, 0, 1))
