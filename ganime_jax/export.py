@@ -6,7 +6,8 @@
 Only what sampling reads is kept: the VQ-GAN generator parameters and the GPT parameters of
 each run's newest checkpoint, with their configs; no discriminator, no optimiser state, no data
 iterator. The example frames are the first and last of `config.sample.num_frames` frames of a
-held-out clip of the GPT config's clips dataset. When the GPT's token dataset is at hand, the
+held-out clip of the GPT config's clips dataset. `--sample=field=value` (repeatable) sets how
+the bundle samples (its `config.sample`, e.g. `--sample=candidates=4`). When the GPT's token dataset is at hand, the
 tokenizer must be the one that encoded it. The bundle is built in a temporary folder
 beside `--out`, read back through the sampling loaders, then renamed into place.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from ganime_jax import bundle, checkpointing, sample, writable
+from ganime_jax import bundle, checkpointing, config_check, generation, sample, writable
 from ganime_jax.commands import run_command
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
@@ -87,7 +88,8 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
 
 
 def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir: pathlib.Path,
-           vqgan_workdir: pathlib.Path, example_clip: int, command: str) -> None:
+           vqgan_workdir: pathlib.Path, example_clip: int, sample_settings: Sequence[str],
+           command: str) -> None:
     clip = _example_clip(config, example_clip)
     source_config = ml_collections.ConfigDict(config.to_dict())
     source_config.tokenizer.workdir = str(vqgan_workdir)
@@ -98,6 +100,9 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
 
     bundled = ml_collections.ConfigDict(config.to_dict())
     bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
+    config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
+                                 ("sample",))
+    generation.check_candidates(sample.candidates(bundled), bundled.sample.method)
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
                                           {GEN_PARAMS: tokenizer.params}, tokenizer.config)
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,
@@ -127,9 +132,12 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
 
 def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                   vqgan_workdir: str | pathlib.Path | None = None, example_clip: int = 0,
-                  overwrite: bool = False, command: str = "") -> pathlib.Path:
+                  sample_settings: Sequence[str] = (), overwrite: bool = False,
+                  command: str = "") -> pathlib.Path:
     """Writes the bundle of `gpt_workdir`'s newest GPT and its tokenizer (by default the
-    run's `tokenizer.workdir`) to `out`; returns `out`. `command` is recorded as provenance."""
+    run's `tokenizer.workdir`) to `out`; returns `out`. `sample_settings` ("field=value" of
+    `config.sample`) change how the bundle samples, e.g. "candidates=4"; `command` is
+    recorded as provenance."""
     out, gpt_workdir = pathlib.Path(out), pathlib.Path(gpt_workdir)
     _check_out(out, overwrite)
     writable.check_folder(out.parent, "the folder of --out")
@@ -140,7 +148,8 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     if vqgan_workdir is None:
         vqgan_workdir = config.tokenizer.workdir
     with writable.staged_folder(out) as staging:
-        _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip, command)
+        _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip,
+               sample_settings, command)
     return out
 
 
@@ -155,6 +164,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Bundle folder to write.")
     flags.DEFINE_integer("example_clip", 0, "Which held-out clip (among those of >= "
                          "config.sample.num_frames frames) gives first.png and last.png.")
+    flags.DEFINE_multi_string("sample", [], "field=value of the bundled config.sample (how "
+                              "the bundle samples), e.g. --sample=candidates=4; repeatable.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --out.")
 
 
@@ -166,7 +177,8 @@ def main(argv: Sequence[str]) -> None:
         raise UserError("--gpt_workdir and --out are required.")
     command = shlex.join(["python", "-m", "ganime_jax.export", *sys.argv[1:]])
     out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
-                        example_clip=FLAGS.example_clip, overwrite=FLAGS.overwrite,
+                        example_clip=FLAGS.example_clip, sample_settings=FLAGS.sample,
+                        overwrite=FLAGS.overwrite,
                         command=command)
     print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
 

@@ -1,6 +1,7 @@
 """Inference bundles: export from tiny runs, read back by the sampling loaders, zero-flag sample."""
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -266,6 +267,23 @@ def test_export_refuses_to_overwrite_unless_asked(runs):
     assert manifest["command"] == "again" and manifest["example"]["clip"] == 0
     assert manifest["tokenizer_fingerprint"] == json.loads(before)["tokenizer_fingerprint"]
     assert sorted(p.name for p in root.iterdir()) == ["datasets", "demo", "gpt_run"]
+
+
+def test_export_sets_how_the_bundle_samples(runs, tmp_path):
+    out = tmp_path / "best_of"
+    done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={out}", "--sample=method=top_k",
+                       "--sample=candidates=3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = json.loads((out / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME).read_text())
+    assert (stored["sample"]["method"], stored["sample"]["candidates"]) == ("top_k", 3)
+    assert bundle.load_sample_run(out).config.sample.candidates == 3
+    for setting, message in (("candidate=3", "no such field .*sample.candidates"),
+                             ("candidates=2", "greedy decoding draws 2 identical clips")):
+        done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={tmp_path / 'bad'}",
+                           f"--sample={setting}")
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert re.search(message, done.stderr), done.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.skipif(not (bundle.DEMO_BUNDLE / bundle.GPT_DIR).is_dir(),
