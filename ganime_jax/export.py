@@ -7,9 +7,10 @@ Only what sampling reads is kept: the VQ-GAN generator parameters and the GPT pa
 each run's newest checkpoint, with their configs; no discriminator, no optimiser state, no data
 iterator. The example frames are the first and last of `config.sample.num_frames` frames of a
 held-out clip of the GPT config's clips dataset. `--sample=field=value` (repeatable) sets how
-the bundle samples (its `config.sample`, e.g. `--sample=candidates=4`). When the GPT's token dataset is at hand, the
-tokenizer must be the one that encoded it. The bundle is built in a temporary folder
-beside `--out`, read back through the sampling loaders, then renamed into place.
+the bundle samples (its `config.sample`, e.g. `--sample=candidates=4`). When the GPT's token
+dataset is at hand, the tokenizer must be the one that encoded it. The bundle is built in a
+temporary folder beside `--out`, read back through the sampling loaders, then renamed into
+place.
 """
 import datetime
 import json
@@ -178,8 +179,7 @@ def main(argv: Sequence[str]) -> None:
     command = shlex.join(["python", "-m", "ganime_jax.export", *sys.argv[1:]])
     out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
                         example_clip=FLAGS.example_clip, sample_settings=FLAGS.sample,
-                        overwrite=FLAGS.overwrite,
-                        command=command)
+                        overwrite=FLAGS.overwrite, command=command)
     print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
 
 

@@ -197,11 +197,18 @@ def tokenizer():
     return _TinyTokenizer()
 
 
-def test_generate_frames_keeps_the_given_ends_and_decodes_the_generated_tokens(tokenizer):
+@pytest.fixture(scope="module")
+def frames_model():
+    """A transformer on the tiny tokenizer's 32-token frames, and its random parameters."""
     transformer = GANimeTransformer(
         gpt=GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=1, n_head=4),
         frame_tokens=32, n_frames_before=1, max_frames=MAX_FRAMES, countdown_on_last_frame=False)
-    params = _init(transformer, 0)
+    return transformer, _init(transformer, 0)
+
+
+def test_generate_frames_keeps_the_given_ends_and_decodes_the_generated_tokens(tokenizer,
+                                                                              frames_model):
+    transformer, params = frames_model
     rng = np.random.default_rng(1)
     first = rng.integers(0, 256, (BATCH, *tokenizer.frame_shape), dtype=np.uint8)
     last = rng.integers(0, 256, (BATCH, *tokenizer.frame_shape), dtype=np.uint8)
@@ -219,11 +226,8 @@ def test_generate_frames_keeps_the_given_ends_and_decodes_the_generated_tokens(t
                                    jax.random.key(0))
 
 
-def test_best_of_k_keeps_the_candidate_that_arrives_nearest_the_last_frame(tokenizer):
-    transformer = GANimeTransformer(
-        gpt=GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=1, n_head=4),
-        frame_tokens=32, n_frames_before=1, max_frames=MAX_FRAMES, countdown_on_last_frame=False)
-    params = _init(transformer, 0)
+def test_best_of_k_keeps_the_candidate_that_arrives_nearest_the_last_frame(tokenizer, frames_model):
+    transformer, params = frames_model
     rng = np.random.default_rng(3)
     clips, candidates, frames = 4, 3, 5
     first, last = (rng.integers(0, 256, (clips, *tokenizer.frame_shape), dtype=np.uint8)

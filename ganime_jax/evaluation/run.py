@@ -117,8 +117,9 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        candidates=sample.candidates(config), fvd=section.fvd, i3d_batch_size=section.i3d_batch_size,
-        metrics_batch_size=section.metrics_batch_size, ssim_gaussian=section.ssim_gaussian)
+        candidates=sample.candidates(config), fvd=section.fvd,
+        i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
+        ssim_gaussian=section.ssim_gaussian)
     if MODEL_MEAN in settings.methods and len(settings.seeds_run) < 2:  # greedy runs once
         raise UserError(f"config.evaluate.methods has {MODEL_MEAN!r}, the pixel mean of the "
                         f"model's sampled clips: it needs {MODEL!r} in the methods, a sampling "
