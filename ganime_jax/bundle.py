@@ -36,6 +36,9 @@ MANIFEST = "bundle.json"
 # ..._eval), relative to the current directory (like the default workdirs), never inside the
 # bundle or the package.
 OUTPUT_ROOT = "workdirs"
+# Where a bundle's `--mode=eval` reads (and, for an embedded dataset, builds) its test clips:
+# relative to the current directory, like the configs' default, never the source run's path.
+DATA_ROOT = "datasets"
 # The config sections that `--mode=eval` on a bundle may override.
 EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample")
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "

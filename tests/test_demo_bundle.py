@@ -161,10 +161,8 @@ def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_p
 
     copied = tmp_path / "copied"
     shutil.copytree(runs["out"], copied)
-    config_path = copied / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME
-    stored = json.loads(config_path.read_text())
-    stored["data"]["data_root"] = "datasets"  # relative: under the current directory
-    config_path.write_text(json.dumps(stored))
+    stored = json.loads((copied / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME).read_text())
+    assert stored["data"]["data_root"] == bundle.DATA_ROOT  # not the source run's data_root
     monkeypatch.chdir(tmp_path)
     overrides = ["--config.evaluate.num_clips=2", "--config.evaluate.seeds=(0,)",
                  "--config.sample.method=greedy"]
