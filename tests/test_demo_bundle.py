@@ -18,6 +18,7 @@ from configs import gpt_tiny
 from ganime_jax import bundle, checkpointing, cli, export, generation, images, sample
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
+from ganime_jax.evaluation import clip_strip
 from ganime_jax.tokenizer import load_tokenizer
 from ganime_jax.train.token_dataset import tokenizer_metadata
 from stage2_helpers import gpt_workdir
@@ -174,6 +175,20 @@ def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_p
     assert results["num_clips"] == 2 and results["seeds_run"] == [0]
     assert (tmp_path / "workdirs" / "copied_eval" / "results.json").is_file()
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in runs["out"].iterdir())
+    # The README's strip of held-out clips, from the same bundle and test set.
+    strip = np.asarray(Image.open(clip_strip.write_strip(copied, tmp_path / "strip.png",
+                                                         num_clips=2, every=3)))
+    truth = sample.heldout_clips(run.config, run.config.evaluate.num_frames, 2)
+    height, width = truth.shape[2:4]
+    positions = sorted({*range(0, truth.shape[1], 3), truth.shape[1] - 1})
+    assert strip.shape == (4 * height + 4 * clip_strip.GAP,
+                           len(positions) * (width + clip_strip.GAP) - clip_strip.GAP, 3)
+    second_clip_truth = 3 * (height + clip_strip.GAP) + clip_strip.GAP
+    for column, t in enumerate(positions):
+        left = column * (width + clip_strip.GAP)
+        np.testing.assert_array_equal(  # true frames in the row below the generated ones
+            strip[second_clip_truth:second_clip_truth + height, left:left + width], truth[1, t])
+    np.testing.assert_array_equal(strip[:height, :width], truth[0, 0])  # the given first frame
     for bad, message in (("--config.train.num_steps=3", "only fields of evaluate, sample"),
                          ("--config.evaluate.num_clip=3", "did you mean"),
                          ("--config.evaluate.num_clips=many", "expected a value like")):
@@ -295,3 +310,16 @@ def test_zero_flag_main_py_with_the_shipped_demo(tmp_path):
     assert (written / "generated.mp4").stat().st_size > 0
     assert (written / "generated.gif").stat().st_size > 0
     print(f"zero-flag demo sample: {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out=strip.jpg"], "must name a .png file"),
+    (["--out=strip.png", "--every=0"], "must be at least 1"),
+    (["--out=strip.png"], "no inference bundle")])
+def test_clip_strip_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        clip_strip.main([f"--bundle={tmp_path / 'nothing'}", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "strip.png").exists()
