@@ -4,6 +4,8 @@ token clips, printed as JSON.
     python bench/bench_gpt_train.py --config=demo          # window k=2, sequence k=2 and whole
     python bench/bench_gpt_train.py --config=kny --clips=1 --frames=8 --remat=nothing_saveable \
         --scan_layers --variants=window:5,sequence:5,sequence:0   # gpt2-medium
+    python bench/bench_gpt_train.py --config=demo_gpu --phases=teacher --variants=sequence:3
+        # the shipped anime GPT's step (raster order, teacher-forced only)
 
 Each variant is `layout:n_frames_before[:frame_tokens]` (k 0 with the sequence layout: the whole
 history; frame_tokens defaults to the config's, e.g. 512 for a 4x-downsampling tokenizer's
@@ -25,13 +27,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import gpt_demo, gpt_kny
+from configs import gpt_demo, gpt_demo_gpu, gpt_kny
 from cpu_info import cpu_name
 from ganime_jax import mesh as mesh_lib
 from ganime_jax.models.frame_sequence import WHOLE_HISTORY
 from ganime_jax.train.gpt_task import GPTTask
 
-CONFIGS = {"demo": gpt_demo, "kny": gpt_kny}
+CONFIGS = {"demo": gpt_demo, "demo_gpu": gpt_demo_gpu, "kny": gpt_kny}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
