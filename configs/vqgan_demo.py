@@ -18,7 +18,7 @@ from configs import vqgan_kny
 def get_config() -> ml_collections.ConfigDict:
     config = vqgan_kny.get_config()
     config.data.dataset = "synthetic_anime"
-    # 12 test episodes hold 270 clips of 16 frames, enough for a 256-clip eval (6 held 137).
+    # 12 test episodes hold 264 clips of 16 frames, enough for a 256-clip eval (6 held 137).
     # Every episode is rendered from its own seed, so the train split does not depend on it.
     config.data.embedded = ml_collections.ConfigDict(dict(
         kind="synthetic_anime", num_train_episodes=60, num_test_episodes=12, seed=0))
