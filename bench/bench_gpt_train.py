@@ -19,6 +19,7 @@ default device, in float32 unless --dtype says otherwise.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -27,11 +28,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import gpt_demo, gpt_demo_gpu, gpt_kny
-from cpu_info import cpu_name
-from ganime_jax import mesh as mesh_lib
-from ganime_jax.models.frame_sequence import WHOLE_HISTORY
-from ganime_jax.train.gpt_task import GPTTask
+# The repository root, for `configs` and `ganime_jax` when run as `python bench/...`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import gpt_demo, gpt_demo_gpu, gpt_kny  # noqa: E402
+from cpu_info import cpu_name  # noqa: E402
+from ganime_jax import mesh as mesh_lib  # noqa: E402
+from ganime_jax.models.frame_sequence import WHOLE_HISTORY  # noqa: E402
+from ganime_jax.train.gpt_task import GPTTask  # noqa: E402
 
 CONFIGS = {"demo": gpt_demo, "demo_gpu": gpt_demo_gpu, "kny": gpt_kny}
 
