@@ -17,8 +17,8 @@ from ganime_jax.convert.hf_gpt2 import load_hf_gpt2, overlay_params
 from ganime_jax.errors import UserError
 from ganime_jax.models.ganime_transformer import (
     LM_PARAMS, GANimeTransformer, ganime_transformer_from_config)
-from ganime_jax.models.gpt import (GPT2Config, GPT2LM, causal_mask, explicit_attention,
-                                   gpt_preset)
+from ganime_jax.models.gpt import (GPT2Config, GPT2LM, LayerStates, causal_mask,
+                                   explicit_attention, gpt_preset)
 from ganime_jax import mesh as mesh_lib
 
 VOCAB, WIDTH, LAYERS, HEADS, POSITIONS = 128, 64, 2, 4, 64
@@ -158,6 +158,22 @@ def test_past_kv_matches_full_sequence(tiny_lm, tokens):
     prefix = jax.tree.map(lambda x: x[:, :, :16], kv)
     tail = apply({"params": params}, tokens[:, 16:], past_kv=prefix)
     np.testing.assert_allclose(tail, full[:, 16:], atol=1e-5)
+    per_layer = LayerStates((prefix[0][i], prefix[1][i]) for i in range(LAYERS))
+    np.testing.assert_array_equal(
+        apply({"params": params}, tokens[:, 16:], past_kv=per_layer), tail)
+
+
+def test_layer_states_past_in_scanned_layers(tokens):
+    """Scanned layers take a per-layer past too (stacked for the scan): the same logits."""
+    model = GPT2LM(GPT2Config(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=WIDTH,
+                              n_layer=LAYERS, n_head=HEADS, scan_layers=True, **NO_DROPOUT))
+    params = jax.jit(model.init)(_init_key(), tokens[:, :16])["params"]
+    apply = jax.jit(model.apply, static_argnames="return_kv")
+    _, prefix = apply({"params": params}, tokens[:, :16], return_kv=True)
+    per_layer = LayerStates((prefix[0][i], prefix[1][i]) for i in range(LAYERS))
+    np.testing.assert_allclose(apply({"params": params}, tokens[:, 16:], past_kv=per_layer),
+                               apply({"params": params}, tokens[:, 16:], past_kv=prefix),
+                               atol=1e-6)
 
 
 def test_hf_vocab_and_position_policies(hf_tied):

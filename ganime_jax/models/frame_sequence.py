@@ -45,13 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganime_jax.errors import UserError
-from ganime_jax.models.gpt import GPT2Config, GPT2LM, embedding_init
+from ganime_jax.models.gpt import GPT2Config, GPT2LM, LayerStates, embedding_init
 
 LM_PARAMS = "lm"  # the GPT-2 trunk's parameter subtree, as in GANimeTransformer
 WHOLE_HISTORY = 0  # `n_frames_before` value meaning: every earlier frame is visible
 TOKEN_ORDERS = ("parallel", "raster")  # `token_order` values (module docstring)
 
-Cache = tuple[jax.Array, jax.Array]  # keys, values: (n_layer, B, heads, slots * hw, head_dim)
+# Per layer, (keys, values) (B, heads, slots * hw, head_dim): each layer's in its own buffers.
+Cache = LayerStates
 
 
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -159,11 +160,14 @@ def cached_attend(q: jax.Array, k: jax.Array, v: jax.Array, past: Any,
     return out, (k, v)
 
 
-def write_cache(cache: Cache, new: Cache, row: jax.Array) -> Cache:
-    """The cache with every layer's new keys/values (n_layer, B, L, H, D) written at `row`."""
-    return tuple(jax.lax.dynamic_update_slice_in_dim(c, jnp.swapaxes(n, 2, 3).astype(c.dtype),
-                                                     row, axis=3)
-                 for c, n in zip(cache, new))
+def write_cache(cache: Cache, new: tuple[jax.Array, jax.Array], row: jax.Array) -> Cache:
+    """The cache with every layer's new keys/values (stacked: (n_layer, B, L, H, D) each)
+    written at `row`."""
+    return LayerStates(
+        tuple(jax.lax.dynamic_update_slice_in_dim(c, jnp.swapaxes(n[layer], 1, 2).astype(c.dtype),
+                                                  row, axis=2)
+              for c, n in zip(states, new))
+        for layer, states in enumerate(cache))
 
 
 def window_indices(num_frames: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,11 +304,11 @@ class FrameSequenceTransformer(nn.Module):
         return jnp.concatenate([remaining[:, :1] + 1, remaining], axis=1)
 
     def init_cache(self, batch: int) -> Cache:
-        """An empty cache: keys and values (n_layer, B, heads, cache_slots * hw, head_dim)."""
+        """An empty cache: per layer, keys and values (B, heads, cache_slots * hw, head_dim)."""
         cfg = self.gpt
-        shape = (cfg.n_layer, batch, cfg.n_head, self.cache_slots * self.frame_tokens,
-                 cfg.head_dim)
-        return jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)
+        shape = (batch, cfg.n_head, self.cache_slots * self.frame_tokens, cfg.head_dim)
+        zeros = jnp.zeros(shape, cfg.compute_dtype)
+        return LayerStates((zeros, zeros) for _ in range(cfg.n_layer))
 
     def prefill(self, cache: Cache, last_tokens: jax.Array) -> Cache:
         """The cache with the last frame's keys/values in slot 0."""
@@ -490,8 +494,8 @@ def rollout(model: FrameSequenceTransformer, params: Any, first_tokens: jax.Arra
 
 def _no_pending(cache: Cache, length: int) -> Cache:
     """Zero keys/values of `length` tokens in the layout `feed_unwritten` returns them."""
-    return tuple(jnp.zeros((c.shape[0], c.shape[1], length, c.shape[2], c.shape[4]), c.dtype)
-                 for c in cache)
+    batch, heads, _, dim = cache[0][0].shape
+    return tuple(jnp.zeros((len(cache), batch, length, heads, dim), c.dtype) for c in cache[0])
 
 
 def _raster_rollout(model: FrameSequenceTransformer, variables: Any, cache: Cache,
