@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ganime_jax.models.frame_sequence import (WHOLE_HISTORY, FrameSequenceTransformer,
-                                              frame_sequence_from_config, rollout)
+                                              add_shared_bias, frame_sequence_from_config,
+                                              rollout)
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import check_token_grid, transformer_from_config
 from ganime_jax.models.gpt import GPT2Config
@@ -171,6 +172,23 @@ def test_config_errors_are_one_line():
     with pytest.raises(UserError, match=r"grid_width=4 but the tokenizer makes token grids of "
                                         r"4x2; set config.model.grid_width=2"):
         check_token_grid(biased, (4, 2), "the tokenizer")
+
+
+def test_shared_bias_gradient_sums_over_the_leading_axes():
+    """add_shared_bias's own backward (a product with ones) equals autodiff of a plain add."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 4, 5, 6)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(4, 5, 6)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+
+    def loss(add):
+        return lambda x, b: jnp.sum(jnp.sin(add(x, b)) * weight)
+
+    ours = jax.grad(loss(add_shared_bias), argnums=(0, 1))(logits, bias)
+    plain = jax.grad(loss(jnp.add), argnums=(0, 1))(logits, bias)
+    np.testing.assert_allclose(add_shared_bias(logits, bias), logits + bias)
+    for got, want in zip(ours, plain):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_relative_bias_starts_neutral_and_reaches_every_attention_path():

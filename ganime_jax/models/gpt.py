@@ -308,7 +308,9 @@ class GPT2LM(nn.Module):
     A layout with its own attention pattern passes `attend` (an `AttendFn`), `attend_inputs`
     and `positions` ((L,) rows of the position table): `past_kv` is then whatever per-layer
     state `attend` reads, stacked on a leading layer axis or as `LayerStates`, and `return_kv`
-    returns what it writes (stacked).
+    returns what it writes (stacked). `output_rows` selects the positions whose logits are
+    computed (all by default): the vocabulary head is most of a small model's cost, and the
+    gradient of logits sliced afterwards is a padded (B, L, vocab) array.
     """
 
     config: GPT2Config
@@ -318,6 +320,7 @@ class GPT2LM(nn.Module):
         self, tokens: jax.Array, extra_embeddings: jax.Array | None = None, *, train: bool = False,
         past_kv: Any = None, return_kv: bool = False, attend: AttendFn | None = None,
         attend_inputs: Any = None, positions: jax.Array | None = None,
+        output_rows: slice = slice(None),
     ):
         cfg = self.config
         length = tokens.shape[1]
@@ -366,7 +369,7 @@ class GPT2LM(nn.Module):
                 states.append(state)
             kv = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
 
-        x = _layer_norm(cfg, "ln_f")(x)
+        x = _layer_norm(cfg, "ln_f")(x[:, output_rows])
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("bld,vd->blv", x, wte.astype(cfg.compute_dtype))
         else:
