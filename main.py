@@ -11,11 +11,14 @@ generates in-betweens of uploaded frames, on 127.0.0.1 only.
 Errors caused by the user's input (paths, configs, data) are printed as one line and exit 2.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 
-DEFAULT_CONFIG = "configs/vqgan_demo.py"
+# Beside this file, so that `python path/to/main.py` works from any directory.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                              "vqgan_demo.py")
 MODES = ("train", "sample", "eval", "demo")
 # modes that run a bundle when neither --config nor --workdir
 BUNDLE_MODES = ("sample", "eval", "demo")
@@ -51,6 +54,10 @@ def _define_config_flag():
         from ganime_jax.commands import config_error
         from ganime_jax.errors import fail
         fail(f"bad --config override: {config_error(error)}")
+    except (OSError, SyntaxError, ImportError) as error:  # the file itself, read for the overrides
+        from ganime_jax.commands import config_error
+        from ganime_jax.errors import fail
+        fail(f"cannot load the config: {config_error(error)}")
 
 
 _define_config_flag()

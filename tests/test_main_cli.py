@@ -8,9 +8,9 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+def _run(*args: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -38,6 +38,11 @@ def test_override_of_wrong_type():
 
 def test_missing_config_file():
     _assert_one_line_error(_run("--config=configs/no_such_config.py"), "no_such_config.py")
+
+
+def test_default_config_is_found_from_another_directory(tmp_path):
+    # The override is checked against configs/vqgan_demo.py beside main.py, not under the cwd.
+    _assert_one_line_error(_run("--config.train.num_step=3", cwd=tmp_path), "num_steps")
 
 
 def test_config_file_with_a_syntax_error(tmp_path):
