@@ -125,10 +125,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.temperature = 1.0
     config.sample.top_k = 50
     config.sample.top_p = 0.9
-    # Clips drawn per pair of frames; the one whose second-to-last frame is nearest the given
-    # last frame is kept (`generation.nearest_arrival`; 1: every draw is kept). Also used by
+    # Clips drawn per pair of frames, one of them kept (1: the one draw). Also used by
     # --mode=eval and the training GIFs.
     config.sample.candidates = 1
+    # Which: "arrival", the one whose second-to-last frame is nearest the given last frame
+    # (`generation.nearest_arrival`), or "medoid", the one nearest the other candidates in
+    # pixel space (`generation.medoid`; every candidate's frames are decoded).
+    config.sample.selection = "arrival"
     config.sample.seed = 0
     config.sample.num_frames = 20  # default clip length of --mode=sample
     config.sample.num_clips = 4  # held-out clips in a GIF / grid

@@ -41,6 +41,9 @@ OUTPUT_ROOT = "workdirs"
 DATA_ROOT = "datasets"
 # The config sections that `--mode=eval` on a bundle may override.
 EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample")
+# `sample` fields added after bundles were first exported, with the values that reproduce how
+# an older bundle sampled: filled in on load so that --config.sample.<field> can set them.
+SAMPLE_FIELDS_SINCE = {"candidates": 1, "selection": "arrival"}
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
                   "--gpt_workdir=workdirs/gpt_demo --out={}")
 
@@ -82,6 +85,9 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
     if not tokenizer_workdir.is_absolute():
         config.tokenizer.workdir = str(bundle_dir.absolute() / tokenizer_workdir)
     config.sample.output_dir = str(output_dir(bundle_dir))
+    for name, value in SAMPLE_FIELDS_SINCE.items():
+        if name not in config.sample:
+            config.sample[name] = value
     return SampleRun(config=config, workdir=bundle_dir / GPT_DIR,
                      first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)
 

@@ -104,7 +104,8 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     bundled.data.data_root = bundle.DATA_ROOT
     config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
                                  ("sample",))
-    generation.check_candidates(sample.candidates(bundled), bundled.sample.method)
+    generation.check_candidates(sample.candidates(bundled), bundled.sample.method,
+                                sample.selection(bundled))
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
                                           {GEN_PARAMS: tokenizer.params}, tokenizer.config)
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,

@@ -155,6 +155,18 @@ def candidates(config: ml_collections.ConfigDict) -> int:
     return config.sample.get("candidates", 1)
 
 
+def selection(config: ml_collections.ConfigDict) -> str:
+    """`config.sample.selection`; configs saved before the field existed keep by arrival."""
+    return config.sample.get("selection", "arrival")
+
+
+def best_of_label(count: int, kept_by: str) -> str:
+    """How a clip was chosen among `count` candidates, for progress lines and tables."""
+    if count == 1:
+        return ""
+    return f", medoid of {count}" if kept_by == "medoid" else f", best of {count} by arrival"
+
+
 def _grid_video(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per time step, the generated clips in a row above the ground truth."""
     return np.stack([image_grid([generated[:, t], truth[:, t]])
@@ -172,7 +184,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     num_frames = settings.num_frames if num_frames is None else num_frames
     video_path, gif_path = output_paths(config, workdir, output,
                                         PAIR_NAME if first is not None else GRID_NAME)
-    generation.check_candidates(candidates(config), settings.method)
+    generation.check_candidates(candidates(config), settings.method, selection(config))
     generator = load_generator(config, workdir)
     generation.check_num_frames(num_frames, generator.transformer.max_frames)
     frame_shape = generator.tokenizer.frame_shape
@@ -183,13 +195,14 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         truth = heldout_clips(config, num_frames, settings.num_clips)
         firsts, lasts = truth[:, 0], truth[:, -1]
     sampling = dict(method=settings.method, temperature=settings.temperature,
-                    top_k=settings.top_k, top_p=settings.top_p, candidates=candidates(config))
+                    top_k=settings.top_k, top_p=settings.top_p, candidates=candidates(config),
+                    selection=selection(config))
     start = time.perf_counter()
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,
         jax.random.key(settings.seed), decode_batch_size=generation.default_decode_batch_size(),
         **sampling)
-    best = f", best of {sampling['candidates']}" if sampling["candidates"] > 1 else ""
+    best = best_of_label(sampling["candidates"], sampling["selection"])
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
           f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)

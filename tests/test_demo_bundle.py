@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from configs import gpt_tiny
-from ganime_jax import bundle, checkpointing, cli, export, generation, images, sample
+from ganime_jax import bundle, checkpointing, cli, config_check, export, generation, images, sample
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import clip_strip
@@ -285,13 +285,26 @@ def test_export_refuses_to_overwrite_unless_asked(runs):
 def test_export_sets_how_the_bundle_samples(runs, tmp_path):
     out = tmp_path / "best_of"
     done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={out}", "--sample=method=top_k",
-                       "--sample=candidates=3")
+                       "--sample=candidates=3", "--sample=selection=medoid")
     assert done.returncode == 0, done.stderr[-2000:]
-    stored = json.loads((out / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME).read_text())
-    assert (stored["sample"]["method"], stored["sample"]["candidates"]) == ("top_k", 3)
+    config_path = out / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME
+    stored = json.loads(config_path.read_text())
+    assert (stored["sample"]["method"], stored["sample"]["candidates"],
+            stored["sample"]["selection"]) == ("top_k", 3, "medoid")
     assert bundle.load_sample_run(out).config.sample.candidates == 3
+    # A bundle exported before the sampling fields existed samples as it did then, and
+    # --mode=eval can still set them.
+    for name in bundle.SAMPLE_FIELDS_SINCE:
+        del stored["sample"][name]
+    config_path.write_text(json.dumps(stored))
+    config = bundle.load_sample_run(out).config
+    assert (config.sample.candidates, config.sample.selection) == (1, "arrival")
+    config_check.apply_overrides(config, ["--config.sample.selection=medoid"],
+                                 bundle.EVAL_OVERRIDE_SECTIONS)
+    assert config.sample.selection == "medoid"
     for setting, message in (("candidate=3", "no such field .*sample.candidates"),
-                             ("candidates=2", "greedy decoding draws 2 identical clips")):
+                             ("candidates=2", "greedy decoding draws 2 identical clips"),
+                             ("selection=nearest", "unknown candidate selection 'nearest'")):
         done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={tmp_path / 'bad'}",
                            f"--sample={setting}")
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -261,6 +261,25 @@ def test_best_of_k_keeps_the_candidate_that_arrives_nearest_the_last_frame(token
     with pytest.raises(UserError, match="identical clips"):
         generation.generate_frames(tokenizer, transformer, params, first, last, frames,
                                    jax.random.key(0), candidates=2, method="greedy")
+    medoid_clips = generation.generate_frames(
+        tokenizer, transformer, params, first, last, frames, jax.random.key(0),
+        decode_batch_size=4, candidates=candidates, selection="medoid", **sampling)
+    np.testing.assert_array_equal(
+        medoid_clips[:, 1:-1], drawn[np.arange(clips), generation.medoid(drawn)])
+    with pytest.raises(UserError, match="unknown candidate selection 'nearest'"):
+        generation.generate_frames(tokenizer, transformer, params, first, last, frames,
+                                   jax.random.key(0), candidates=2, selection="nearest",
+                                   **sampling)
+
+
+def test_medoid_is_the_candidate_nearest_the_others():
+    base = np.zeros((4, 2, 3), np.uint8)
+    # Row 0, summed squared distances per value: 10: 4 + 190^2 + 1, 200: 190^2 + 188^2 +
+    # 189^2, 12: 4 + 188^2 + 1, 11: 1 + 189^2 + 1: 12 (index 2) is least. Row 1: ties go to the
+    # lower index.
+    row0 = np.stack([base + 10, base + 200, base + 12, base + 11])
+    row1 = np.stack([base, base + 255, base, base + 255])
+    np.testing.assert_array_equal(generation.medoid(np.stack([row0, row1])), [2, 0])
 
 
 def test_decoding_in_batches_equals_decoding_at_once(tokenizer):

@@ -60,7 +60,8 @@ class EvalSettings:
     temperature: float
     top_k: int
     top_p: float
-    candidates: int  # clips drawn per pair of frames, the nearest arrival kept
+    candidates: int  # clips drawn per pair of frames, one kept by `selection`
+    selection: str  # generation.SELECTIONS
     fvd: bool
     i3d_batch_size: int
     metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
@@ -75,13 +76,13 @@ class EvalSettings:
 
     def sampling(self) -> dict[str, Any]:
         return dict(method=self.method, temperature=self.temperature, top_k=self.top_k,
-                    top_p=self.top_p, candidates=self.candidates)
+                    top_p=self.top_p, candidates=self.candidates, selection=self.selection)
 
     def sampling_label(self) -> str:
         if self.method == "greedy":
             return "greedy"
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
-        best = f", best of {self.candidates} by arrival" if self.candidates > 1 else ""
+        best = sample.best_of_label(self.candidates, self.selection)
         return f"{self.method}, {knob}, temperature {self.temperature}{best}"
 
 
@@ -117,7 +118,8 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        candidates=sample.candidates(config), fvd=section.fvd,
+        candidates=sample.candidates(config), selection=sample.selection(config),
+        fvd=section.fvd,
         i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
         ssim_gaussian=section.ssim_gaussian)
     if MODEL_MEAN in settings.methods and len(settings.seeds_run) < 2:  # greedy runs once
@@ -126,7 +128,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
                         "method other than greedy and at least two seeds.")
     generation.check_sampling(settings.method, settings.temperature, settings.top_k,
                               settings.top_p)
-    generation.check_candidates(settings.candidates, settings.method)
+    generation.check_candidates(settings.candidates, settings.method, settings.selection)
     return settings
 
 
