@@ -62,6 +62,14 @@ def output_dir(bundle_dir: str | pathlib.Path, kind: str = "sample") -> pathlib.
     return pathlib.Path(OUTPUT_ROOT) / f"{pathlib.Path(bundle_dir).resolve().name}_{kind}"
 
 
+def add_missing_sample_fields(config: ml_collections.ConfigDict) -> None:
+    """Gives a config saved before the `SAMPLE_FIELDS_SINCE` existed their old behaviour's
+    values, in place, so that overrides can set them."""
+    for name, value in SAMPLE_FIELDS_SINCE.items():
+        if name not in config.sample:
+            config.sample[name] = value
+
+
 def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
     """The bundled GPT config (tokenizer path resolved, samples sent to `output_dir`), its
     workdir and example frames; a one-line error when `bundle_dir` holds no bundle."""
@@ -85,9 +93,7 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
     if not tokenizer_workdir.is_absolute():
         config.tokenizer.workdir = str(bundle_dir.absolute() / tokenizer_workdir)
     config.sample.output_dir = str(output_dir(bundle_dir))
-    for name, value in SAMPLE_FIELDS_SINCE.items():
-        if name not in config.sample:
-            config.sample[name] = value
+    add_missing_sample_fields(config)
     return SampleRun(config=config, workdir=bundle_dir / GPT_DIR,
                      first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)
 

@@ -102,6 +102,7 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     bundled = ml_collections.ConfigDict(config.to_dict())
     bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
     bundled.data.data_root = bundle.DATA_ROOT
+    bundle.add_missing_sample_fields(bundled)  # a run saved before them
     config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
                                  ("sample",))
     generation.check_candidates(sample.candidates(bundled), bundled.sample.method,

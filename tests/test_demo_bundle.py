@@ -282,6 +282,22 @@ def test_export_refuses_to_overwrite_unless_asked(runs):
     assert sorted(p.name for p in root.iterdir()) == ["datasets", "demo", "gpt_run"]
 
 
+def test_export_of_a_run_saved_before_the_sampling_fields(runs, tmp_path, monkeypatch):
+    read_config = checkpointing.read_config
+
+    def saved_before(workdir):
+        config = read_config(workdir)
+        for name in bundle.SAMPLE_FIELDS_SINCE:
+            del config.sample[name]
+        return config
+
+    monkeypatch.setattr(checkpointing, "read_config", saved_before)
+    out = export.export_bundle(runs["gpt"], tmp_path / "old", sample_settings=[
+        "method=top_k", "selection=medoid"])
+    sampling = bundle.load_sample_run(out).config.sample
+    assert (sampling.candidates, sampling.selection) == (1, "medoid")
+
+
 def test_export_sets_how_the_bundle_samples(runs, tmp_path):
     out = tmp_path / "best_of"
     done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={out}", "--sample=method=top_k",
