@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ganime_jax import checkpointing, generation, writable
+from ganime_jax import bundle, checkpointing, generation, writable
 from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
@@ -152,12 +152,12 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
 
 def candidates(config: ml_collections.ConfigDict) -> int:
     """`config.sample.candidates`; configs saved before the field existed draw one clip."""
-    return config.sample.get("candidates", 1)
+    return config.sample.get("candidates", bundle.SAMPLE_FIELDS_SINCE["candidates"])
 
 
 def selection(config: ml_collections.ConfigDict) -> str:
     """`config.sample.selection`; configs saved before the field existed keep by arrival."""
-    return config.sample.get("selection", "arrival")
+    return config.sample.get("selection", bundle.SAMPLE_FIELDS_SINCE["selection"])
 
 
 def best_of_label(count: int, kept_by: str) -> str:
