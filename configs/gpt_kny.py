@@ -132,6 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
     # (`generation.nearest_arrival`), or "medoid", the one nearest the other candidates in
     # pixel space (`generation.medoid`; every candidate's frames are decoded).
     config.sample.selection = "arrival"
+    # "forward": every in-between drawn from the first frame on; "both": the first half from
+    # the first frame on, the second half from the last frame back (the model run on the two
+    # frames swapped; `generation.generate_frames`). "both" costs two draws per clip.
+    config.sample.direction = "forward"
     config.sample.seed = 0
     config.sample.num_frames = 20  # default clip length of --mode=sample
     config.sample.num_clips = 4  # held-out clips in a GIF / grid

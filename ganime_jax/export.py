@@ -107,6 +107,7 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
                                  ("sample",))
     generation.check_candidates(sample.candidates(bundled), bundled.sample.method,
                                 sample.selection(bundled))
+    generation.check_direction(sample.direction(bundled))
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
                                           {GEN_PARAMS: tokenizer.params}, tokenizer.config)
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,

@@ -29,6 +29,13 @@ METHODS = ("greedy", "top_k", "top_p")
 # How one of K candidate clips is kept (`generate_frames`): "arrival", the one whose
 # second-to-last frame is nearest the given last frame; "medoid", the one nearest the others.
 SELECTIONS = ("arrival", "medoid")
+# Where a clip's in-betweens are drawn from (`generate_frames`): "forward", all from the first
+# frame on; "both", the first half from the first frame on and the second half from the last
+# frame back (the model run with the two frames swapped, its frames reversed).
+DIRECTIONS = ("forward", "both")
+# The backward draws' random stream, fold_in(rng, _BACKWARD_STREAM): apart from the
+# candidates' fold_in(rng, k), k < candidates.
+_BACKWARD_STREAM = 2**31 - 1
 # Frames per decoder call on CPU: XLA:CPU's convolutions run faster per frame on small batches
 # (reference VQ-GAN on 2 loaded cores: 112 frames took 17 s in one call, 9-13 s in calls of
 # 1 to 14 frames; on 2 idle AVX-512 cores, `bench/bench_decode_batch.py`: 14 frames 83 ms a
@@ -76,6 +83,13 @@ def check_candidates(candidates: int, method: str, selection: str = "arrival") -
     if candidates > 1 and method == "greedy":
         raise UserError(f"candidates={candidates} with greedy decoding draws {candidates} "
                         "identical clips; use method='top_k' or 'top_p', or candidates=1.")
+
+
+def check_direction(direction: str) -> None:
+    """`direction` is one of DIRECTIONS."""
+    if direction not in DIRECTIONS:
+        raise UserError(f"unknown sampling direction {direction!r}; choose one of "
+                        f"{list(DIRECTIONS)}.")
 
 
 def check_num_frames(num_frames: int, max_frames: int) -> None:
@@ -209,7 +223,7 @@ def generate_tokens(transformer: Transformer, params: Any, first_tokens: jax.Arr
 def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params: Any,
                     first_frames: np.ndarray, last_frames: np.ndarray, num_frames: int,
                     rng: jax.Array, *, decode_batch_size: int | None = None,
-                    candidates: int = 1, selection: str = "arrival",
+                    candidates: int = 1, selection: str = "arrival", direction: str = "forward",
                     **sampling: Any) -> np.ndarray:
     """uint8 clips (B, num_frames, H, W, 3) from uint8 first and last frames (B, H, W, 3).
 
@@ -228,6 +242,13 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
     least expected squared error under the model's own distribution, which a single draw
     (sharp, but often in the wrong place) is not. Candidate 0 of each clip is the clip that
     K = 1 draws.
+
+    With `direction="both"` the first half of the in-betweens (the larger half when their
+    number is odd) comes from clips drawn forward as above and the second half from clips drawn
+    backward: the same model given the last frame as its first and the first as its last, its
+    frames reversed. Each frame is then drawn from its nearer given frame, where a draw has
+    drifted least. Candidates are drawn and kept in each direction on their own, the medoid
+    over the frames that direction keeps; only kept frames are decoded.
     """
     first_frames, last_frames = np.asarray(first_frames), np.asarray(last_frames)
     expected = tuple(tokenizer.frame_shape)
@@ -240,25 +261,47 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
                         "frames given: pass one last frame per first frame.")
     check_num_frames(num_frames, transformer.max_frames)
     check_candidates(candidates, sampling.get("method", "greedy"), selection)
+    check_direction(direction)
     batch = first_frames.shape[0]
     ends = tokenizer.encode(np.concatenate([first_frames, last_frames]))
+    first_tokens, last_tokens = ends[:batch], ends[batch:]
+    draw = functools.partial(_draw_in_betweens, tokenizer, transformer, params,
+                             num_frames=num_frames, decode_batch_size=decode_batch_size,
+                             candidates=candidates, selection=selection, **sampling)
+    middle = num_frames - 2
+    if direction == "forward" or middle == 1:  # one in-between: the forward one
+        pixels = draw(first_tokens, last_tokens, last_frames, rng, keep=middle)
+    else:
+        forward_count = (middle + 1) // 2
+        forward = draw(first_tokens, last_tokens, last_frames, rng, keep=forward_count)
+        backward = draw(last_tokens, first_tokens, first_frames,
+                        jax.random.fold_in(rng, _BACKWARD_STREAM), keep=middle - forward_count)
+        pixels = np.concatenate([forward, backward[:, ::-1]], axis=1)
+    return np.concatenate([first_frames[:, None], pixels, last_frames[:, None]], axis=1)
+
+
+def _draw_in_betweens(tokenizer: FrameTokenizer, transformer: Transformer, params: Any,
+                      start_tokens: jax.Array, end_tokens: jax.Array, end_frames: np.ndarray,
+                      rng: jax.Array, *, keep: int, num_frames: int,
+                      decode_batch_size: int | None, candidates: int, selection: str,
+                      **sampling: Any) -> np.ndarray:
+    """uint8 (B, keep, H, W, 3): the first `keep` in-between frames of the clip kept among
+    `candidates` drawn from `start_tokens` towards `end_tokens` (`generate_frames`)."""
+    batch, shape = start_tokens.shape[0], tuple(tokenizer.frame_shape)
     # Candidate k draws with fold_in(rng, k) (k = 0: rng itself, the clip of candidates=1), in
     # its own call: an example's draws depend on neither the batch nor K.
-    draws = [generate_tokens(transformer, params, ends[:batch], ends[batch:], num_frames,
+    draws = [generate_tokens(transformer, params, start_tokens, end_tokens, num_frames,
                              jax.random.fold_in(rng, k) if k else rng, **sampling)
              for k in range(candidates)]
     if candidates > 1 and selection == "medoid":
-        middle = jnp.stack(draws, axis=1)[:, :, 1:-1].reshape(-1, transformer.frame_tokens)
-        pixels = decode_in_batches(tokenizer, middle, decode_batch_size)
-        pixels = pixels.reshape(batch, candidates, num_frames - 2, *expected)
-        pixels = pixels[np.arange(batch), medoid(pixels)]
-    else:
-        tokens = draws[0] if candidates == 1 else nearest_arrival(
-            tokenizer, jnp.stack(draws, axis=1), last_frames, decode_batch_size)
-        middle = tokens[:, 1:-1].reshape(batch * (num_frames - 2), -1)
-        pixels = decode_in_batches(tokenizer, middle, decode_batch_size)
-        pixels = pixels.reshape(batch, num_frames - 2, *expected)
-    return np.concatenate([first_frames[:, None], pixels, last_frames[:, None]], axis=1)
+        kept = jnp.stack(draws, axis=1)[:, :, 1:keep + 1].reshape(-1, transformer.frame_tokens)
+        pixels = decode_in_batches(tokenizer, kept, decode_batch_size)
+        pixels = pixels.reshape(batch, candidates, keep, *shape)
+        return pixels[np.arange(batch), medoid(pixels)]
+    tokens = draws[0] if candidates == 1 else nearest_arrival(
+        tokenizer, jnp.stack(draws, axis=1), end_frames, decode_batch_size)
+    kept = tokens[:, 1:keep + 1].reshape(batch * keep, -1)
+    return decode_in_batches(tokenizer, kept, decode_batch_size).reshape(batch, keep, *shape)
 
 
 def nearest_arrival(tokenizer: FrameTokenizer, candidates: jax.Array, last_frames: np.ndarray,

@@ -160,11 +160,19 @@ def selection(config: ml_collections.ConfigDict) -> str:
     return config.sample.get("selection", bundle.SAMPLE_FIELDS_SINCE["selection"])
 
 
-def best_of_label(count: int, kept_by: str) -> str:
-    """How a clip was chosen among `count` candidates, for progress lines and tables."""
+def direction(config: ml_collections.ConfigDict) -> str:
+    """`config.sample.direction`; configs saved before the field existed draw forward."""
+    return config.sample.get("direction", bundle.SAMPLE_FIELDS_SINCE["direction"])
+
+
+def choice_label(count: int, kept_by: str, drawn: str = "forward") -> str:
+    """How a clip was drawn (`direction` `drawn`) and chosen among `count` candidates, for
+    progress lines and tables."""
+    label = ", halves from both ends" if drawn == "both" else ""
     if count == 1:
-        return ""
-    return f", medoid of {count}" if kept_by == "medoid" else f", best of {count} by arrival"
+        return label
+    return label + (f", medoid of {count}" if kept_by == "medoid"
+                    else f", best of {count} by arrival")
 
 
 def _grid_video(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -185,6 +193,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     video_path, gif_path = output_paths(config, workdir, output,
                                         PAIR_NAME if first is not None else GRID_NAME)
     generation.check_candidates(candidates(config), settings.method, selection(config))
+    generation.check_direction(direction(config))
     generator = load_generator(config, workdir)
     generation.check_num_frames(num_frames, generator.transformer.max_frames)
     frame_shape = generator.tokenizer.frame_shape
@@ -196,13 +205,13 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         firsts, lasts = truth[:, 0], truth[:, -1]
     sampling = dict(method=settings.method, temperature=settings.temperature,
                     top_k=settings.top_k, top_p=settings.top_p, candidates=candidates(config),
-                    selection=selection(config))
+                    selection=selection(config), direction=direction(config))
     start = time.perf_counter()
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,
         jax.random.key(settings.seed), decode_batch_size=generation.default_decode_batch_size(),
         **sampling)
-    best = best_of_label(sampling["candidates"], sampling["selection"])
+    best = choice_label(sampling["candidates"], sampling["selection"], sampling["direction"])
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
           f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)

@@ -49,8 +49,11 @@ class Result:
 class InBetweener:
     """A loaded generator plus the folder its results are written to (one per server)."""
 
-    def __init__(self, generator: sample.Generator, fps: float, output_dir: str | pathlib.Path):
+    def __init__(self, generator: sample.Generator, fps: float, output_dir: str | pathlib.Path,
+                 direction: str = "forward"):
+        generation.check_direction(direction)
         self.generator = generator
+        self.direction = direction  # the bundle's config.sample.direction
         self.fps = fps
         self.output_dir = pathlib.Path(output_dir)
         self._count = itertools.count()
@@ -76,6 +79,7 @@ class InBetweener:
                 self.generator.tokenizer, self.generator.transformer, self.generator.params,
                 first_frame[None], last_frame[None], num_frames, jax.random.key(seed),
                 method=method, temperature=float(temperature), top_k=top_k, top_p=float(top_p),
+                direction=self.direction,
                 decode_batch_size=generation.default_decode_batch_size())[0]
         seconds = time.perf_counter() - start
         stem = self.output_dir / f"inbetween_{next(self._count):05d}"
@@ -86,7 +90,8 @@ class InBetweener:
         rows[-1] = np.concatenate([rows[-1], np.full((STRIP_COLUMNS - len(rows[-1]),
                                                       *clip.shape[1:]), 255, np.uint8)])
         status = (f"{OK_PREFIX}{num_frames} frames ({num_frames - 2} generated) in {seconds:.1f} s "
-                  f"with the step-{self.generator.step} model, {method} sampling.")
+                  f"with the step-{self.generator.step} model, {method} sampling"
+                  f"{sample.choice_label(1, 'arrival', self.direction)}.")
         return Result(video, gif, image_grid(rows), status)
 
 
@@ -168,7 +173,8 @@ def serve(config: Any, workdir: str | pathlib.Path, *, port: int | None = None,
     generator = sample.load_generator(config, workdir)
     output_dir = tempfile.mkdtemp(prefix="ganime_demo_")
     atexit.register(shutil.rmtree, output_dir, ignore_errors=True)
-    inbetweener = InBetweener(generator, config.sample.get("fps", sample.DEFAULT_FPS), output_dir)
+    inbetweener = InBetweener(generator, config.sample.get("fps", sample.DEFAULT_FPS), output_dir,
+                              sample.direction(config))
     page = build_page(inbetweener, config, example)
     allowed = [output_dir] + [str(pathlib.Path(p).parent) for p in example or ()]
     try:

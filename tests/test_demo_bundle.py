@@ -295,18 +295,21 @@ def test_export_of_a_run_saved_before_the_sampling_fields(runs, tmp_path, monkey
     out = export.export_bundle(runs["gpt"], tmp_path / "old", sample_settings=[
         "method=top_k", "selection=medoid"])
     sampling = bundle.load_sample_run(out).config.sample
-    assert (sampling.candidates, sampling.selection) == (1, "medoid")
+    assert (sampling.candidates, sampling.selection, sampling.direction) == (1, "medoid",
+                                                                             "forward")
 
 
 def test_export_sets_how_the_bundle_samples(runs, tmp_path):
     out = tmp_path / "best_of"
     done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={out}", "--sample=method=top_k",
-                       "--sample=candidates=3", "--sample=selection=medoid")
+                       "--sample=candidates=3", "--sample=selection=medoid",
+                       "--sample=direction=both")
     assert done.returncode == 0, done.stderr[-2000:]
     config_path = out / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME
     stored = json.loads(config_path.read_text())
     assert (stored["sample"]["method"], stored["sample"]["candidates"],
-            stored["sample"]["selection"]) == ("top_k", 3, "medoid")
+            stored["sample"]["selection"], stored["sample"]["direction"]) == ("top_k", 3,
+                                                                              "medoid", "both")
     assert bundle.load_sample_run(out).config.sample.candidates == 3
     # A bundle exported before the sampling fields existed samples as it did then, and
     # --mode=eval can still set them.
@@ -314,7 +317,8 @@ def test_export_sets_how_the_bundle_samples(runs, tmp_path):
         del stored["sample"][name]
     config_path.write_text(json.dumps(stored))
     config = bundle.load_sample_run(out).config
-    assert (config.sample.candidates, config.sample.selection) == (1, "arrival")
+    assert (config.sample.candidates, config.sample.selection,
+            config.sample.direction) == (1, "arrival", "forward")
     config_check.apply_overrides(config, ["--config.sample.selection=medoid"],
                                  bundle.EVAL_OVERRIDE_SECTIONS)
     assert config.sample.selection == "medoid"

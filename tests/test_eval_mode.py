@@ -327,6 +327,14 @@ def test_best_of_k_is_in_the_settings_the_label_and_the_clips(setup, truth):
         return ((generated[:, -2].astype(np.float32) - truth[:, -1]) ** 2).mean(axis=(1, 2, 3))
     assert (arrival_error(clips) <= arrival_error(one)).all()
     assert (arrival_error(clips) < arrival_error(one)).any()
+    config.sample.direction = "both"
+    settings = run.settings_from_config(config)
+    assert settings.sampling()["direction"] == "both"
+    assert settings.sampling_label() == ("top_k, k=8, temperature 1.0, halves from both ends, "
+                                         "best of 2 by arrival")
+    config.sample.direction = "sideways"
+    with pytest.raises(UserError, match="unknown sampling direction 'sideways'"):
+        run.settings_from_config(config)
 
 
 def test_main_py_eval_end_to_end_greedy_runs_once(setup):

@@ -272,6 +272,41 @@ def test_best_of_k_keeps_the_candidate_that_arrives_nearest_the_last_frame(token
                                    **sampling)
 
 
+def test_both_directions_take_each_half_from_its_nearer_given_frame(tokenizer, frames_model):
+    transformer, params = frames_model
+    rng = np.random.default_rng(5)
+    clips, frames = 3, 8  # 6 in-betweens: 3 drawn forward, 3 backward
+    first, last = (rng.integers(0, 256, (clips, *tokenizer.frame_shape), dtype=np.uint8)
+                   for _ in range(2))
+    sampling = dict(method="top_k", top_k=VOCAB, temperature=1.0, decode_batch_size=4)
+    key = jax.random.key(2)
+
+    def generate(a, b, rng_key, count=frames, **extra):
+        return generation.generate_frames(tokenizer, transformer, params, a, b, count, rng_key,
+                                          **sampling, **extra)
+
+    both = generate(first, last, key, direction="both")
+    forward = generate(first, last, key)
+    # The backward draw: the two frames swapped, its own random stream, frames reversed.
+    backward = generate(last, first, jax.random.fold_in(key, 2**31 - 1))[:, ::-1]
+    np.testing.assert_array_equal(both[:, :4], forward[:, :4])
+    np.testing.assert_array_equal(both[:, 4:], backward[:, 4:])
+    assert not np.array_equal(both, forward)
+    # An odd count: the forward half is the larger; one in-between: the forward one.
+    odd = generate(first, last, key, count=7, direction="both")
+    np.testing.assert_array_equal(odd[:, :4], generate(first, last, key, count=7)[:, :4])
+    np.testing.assert_array_equal(generate(first, last, key, count=3, direction="both"),
+                                  generate(first, last, key, count=3))
+    # Candidates are kept per direction, the medoid over the frames that direction keeps.
+    medoid = generate(first, last, key, direction="both", candidates=3, selection="medoid")
+    keys = [key] + [jax.random.fold_in(key, k) for k in range(1, 3)]
+    drawn = np.stack([generate(first, last, k)[:, 1:4] for k in keys], axis=1)
+    np.testing.assert_array_equal(medoid[:, 1:4],
+                                  drawn[np.arange(clips), generation.medoid(drawn)])
+    with pytest.raises(UserError, match="unknown sampling direction 'backward'"):
+        generate(first, last, key, direction="backward")
+
+
 def test_medoid_is_the_candidate_nearest_the_others():
     base = np.zeros((4, 2, 3), np.uint8)
     # Row 0, summed squared distances per value: 10: 4 + 190^2 + 1, 200: 190^2 + 188^2 +

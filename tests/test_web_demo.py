@@ -63,6 +63,15 @@ def test_generate_writes_the_clip_its_strip_and_both_files(inbetweener, demo_run
     np.testing.assert_array_equal(again.strip, result.strip)  # same seed, same clip
 
 
+def test_the_bundles_direction_is_used(demo_run, inbetweener, tmp_path):
+    both = web_demo.InBetweener(inbetweener.generator, 8.0, tmp_path, direction="both")
+    result = both.generate(str(demo_run.first), str(demo_run.last), NUM_FRAMES, "top_k", 1.0,
+                           50, 1.0, 0)
+    assert result.status.endswith("top_k sampling, halves from both ends.")
+    with pytest.raises(UserError, match="unknown sampling direction 'up'"):
+        web_demo.InBetweener(inbetweener.generator, 8.0, tmp_path, direction="up")
+
+
 def test_bad_inputs_are_one_line_messages(inbetweener, demo_run, tmp_path):
     first, last = str(demo_run.first), str(demo_run.last)
     text = tmp_path / "notes.png"

@@ -62,6 +62,7 @@ class EvalSettings:
     top_p: float
     candidates: int  # clips drawn per pair of frames, one kept by `selection`
     selection: str  # generation.SELECTIONS
+    direction: str  # generation.DIRECTIONS
     fvd: bool
     i3d_batch_size: int
     metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
@@ -76,13 +77,14 @@ class EvalSettings:
 
     def sampling(self) -> dict[str, Any]:
         return dict(method=self.method, temperature=self.temperature, top_k=self.top_k,
-                    top_p=self.top_p, candidates=self.candidates, selection=self.selection)
+                    top_p=self.top_p, candidates=self.candidates, selection=self.selection,
+                    direction=self.direction)
 
     def sampling_label(self) -> str:
         if self.method == "greedy":
             return "greedy"
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
-        best = sample.best_of_label(self.candidates, self.selection)
+        best = sample.choice_label(self.candidates, self.selection, self.direction)
         return f"{self.method}, {knob}, temperature {self.temperature}{best}"
 
 
@@ -119,6 +121,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         candidates=sample.candidates(config), selection=sample.selection(config),
+        direction=sample.direction(config),
         fvd=section.fvd,
         i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
         ssim_gaussian=section.ssim_gaussian)
@@ -129,6 +132,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
     generation.check_sampling(settings.method, settings.temperature, settings.top_k,
                               settings.top_p)
     generation.check_candidates(settings.candidates, settings.method, settings.selection)
+    generation.check_direction(settings.direction)
     return settings
 
 

@@ -79,6 +79,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
             config.train.stop_ground_truth_after_step < config.train.num_steps, noise)
     generation.check_candidates(config.sample.candidates, config.sample.method,  # the GIFs
                                 config.sample.selection)
+    generation.check_direction(config.sample.direction)
     share = model.codebook_embedding_share
     if not 0.0 <= share <= 1.0:
         raise UserError(f"config.model.codebook_embedding_share={share} must be in [0, 1] "
@@ -334,7 +335,8 @@ class SampleWriter:
         generated = generation.generate_frames(
             self._tokenizer, self.model, params, clips[:, 0], clips[:, -1], clips.shape[1],
             jax.random.key(s.seed), method=s.method, temperature=s.temperature, top_k=s.top_k,
-            top_p=s.top_p, candidates=s.candidates, selection=s.selection)
+            top_p=s.top_p, candidates=s.candidates, selection=s.selection,
+            direction=s.direction)
         flat = clips.reshape(-1, *clips.shape[2:])
         reconstructed = np.asarray(self._tokenizer.decode(self._tokenizer.encode(flat)))
         reconstructed = reconstructed.reshape(clips.shape)
