@@ -98,6 +98,20 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
                      first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)
 
 
+def tokenizer_config(tokenizer_dir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The bundled tokenizer's config: its config.json, as for the GPT (a bundle's configs are
+    the files beside its checkpoints, which may have been amended since the export: the demo's
+    test split grew to 12 episodes so), else the config saved with the checkpoint."""
+    path = tokenizer_dir / checkpointing.CONFIG_FILENAME
+    if not path.is_file():
+        return checkpointing.read_config(tokenizer_dir)
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the bundle's tokenizer config {path}: {error}; export the "
+                        "bundle again.") from None
+
+
 def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> SampleRun:
     """`load_sample_run` for `--mode=eval`: the report goes to `output_dir(bundle_dir, "eval")`,
     `overrides` (`--config.evaluate.*` / `--config.sample.*`) are applied, and the embedded
@@ -109,8 +123,7 @@ def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> Sampl
     config_check.apply_overrides(config, overrides, EVAL_OVERRIDE_SECTIONS)
     if not tfds_io.dataset_exists(config.data.data_root,
                                   tfds_io.variant_name(config.data.dataset, "clips")):
-        tokenizer_config = checkpointing.read_config(pathlib.Path(config.tokenizer.workdir))
-        data = tokenizer_config.data
+        data = tokenizer_config(pathlib.Path(config.tokenizer.workdir)).data
         if data.dataset != config.data.dataset or not data.get("embedded", {}).get("kind"):
             raise UserError(f"no {config.data.dataset}_clips dataset in {config.data.data_root} "
                             "and the bundle's tokenizer was not trained on an embedded dataset "

@@ -164,6 +164,13 @@ def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_p
     shutil.copytree(runs["out"], copied)
     stored = json.loads((copied / bundle.GPT_DIR / checkpointing.CONFIG_FILENAME).read_text())
     assert stored["data"]["data_root"] == bundle.DATA_ROOT  # not the source run's data_root
+    # The test set is built as the bundle's tokenizer config.json says (amended here to two
+    # test episodes), not as the config saved inside its checkpoint (one).
+    tokenizer_json = copied / bundle.VQGAN_DIR / checkpointing.CONFIG_FILENAME
+    amended = json.loads(tokenizer_json.read_text())
+    assert amended["data"]["embedded"]["num_test_episodes"] == 1
+    amended["data"]["embedded"]["num_test_episodes"] = 2
+    tokenizer_json.write_text(json.dumps(amended))
     monkeypatch.chdir(tmp_path)
     overrides = ["--config.evaluate.num_clips=2", "--config.evaluate.seeds=(0,)",
                  "--config.sample.method=greedy"]
@@ -171,6 +178,9 @@ def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_p
                           first=None, last=None, bundle_overrides=overrides)
     assert (run.config.evaluate.num_clips, list(run.config.evaluate.seeds)) == (2, [0])
     assert tfds_io.dataset_exists("datasets", "tiny_anime_clips")
+    test_clips = tfds_io.open_split("datasets", "tiny_anime_clips", "test")
+    episodes = {test_clips[i]["source"] for i in range(len(test_clips))}
+    assert len(episodes) == 2
     results = run_eval(run.config, run.workdir)
     assert results["num_clips"] == 2 and results["seeds_run"] == [0]
     assert (tmp_path / "workdirs" / "copied_eval" / "results.json").is_file()
