@@ -81,11 +81,7 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
             f"{checkpointing.CONFIG_FILENAME}); export one with "
             f"`{EXPORT_COMMAND.format(bundle_dir)}`, or pass the --config and --workdir of a "
             "trained stage-2 run.")
-    try:
-        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the bundle config {config_path}: {error}; export the "
-                        "bundle again.") from None
+    config = _read_config_json(config_path, "the bundle config")
     if config.get("stage") != "gpt" or not config.get("tokenizer", {}).get("workdir"):
         raise UserError(f"{config_path} is not a stage-2 (gpt) config with a tokenizer.workdir; "
                         "export the bundle again.")
@@ -105,11 +101,15 @@ def tokenizer_config(tokenizer_dir: pathlib.Path) -> ml_collections.ConfigDict:
     path = tokenizer_dir / checkpointing.CONFIG_FILENAME
     if not path.is_file():
         return checkpointing.read_config(tokenizer_dir)
+    return _read_config_json(path, "the bundle's tokenizer config")
+
+
+def _read_config_json(path: pathlib.Path, what: str) -> ml_collections.ConfigDict:
+    """A bundle's config file; one error line naming `what` if it cannot be read."""
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the bundle's tokenizer config {path}: {error}; export the "
-                        "bundle again.") from None
+        raise UserError(f"cannot read {what} {path}: {error}; export the bundle again.") from None
 
 
 def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> SampleRun:
