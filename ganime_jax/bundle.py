@@ -43,6 +43,7 @@ DATA_ROOT = "datasets"
 EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample")
 # `sample` fields added after bundles were first exported, with the values that reproduce how
 # an older bundle sampled: filled in on load so that --config.sample.<field> can set them.
+# All are `generation.generate_frames` keywords (`sample.choice`).
 SAMPLE_FIELDS_SINCE = {"candidates": 1, "selection": "arrival", "direction": "forward"}
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
                   "--gpt_workdir=workdirs/gpt_demo --out={}")

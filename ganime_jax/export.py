@@ -105,9 +105,7 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     bundle.add_missing_sample_fields(bundled)  # a run saved before them
     config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
                                  ("sample",))
-    generation.check_candidates(sample.candidates(bundled), bundled.sample.method,
-                                sample.selection(bundled))
-    generation.check_direction(sample.direction(bundled))
+    generation.check_choice(method=bundled.sample.method, **sample.choice(bundled))
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
                                           {GEN_PARAMS: tokenizer.params}, tokenizer.config)
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,

@@ -71,9 +71,12 @@ def check_sampling(method: str, temperature: float, top_k: int, top_p: float) ->
         raise UserError(f"top_p sampling needs 0 < top_p <= 1, got {top_p}.")
 
 
-def check_candidates(candidates: int, method: str, selection: str = "arrival") -> None:
-    """Best-of-K generation needs K >= 1, and K > 1 needs a sampling method (greedy draws K
-    identical clips); `selection` is one of SELECTIONS."""
+def check_choice(candidates: int, method: str, selection: str = "arrival",
+                 direction: str = "forward") -> None:
+    """How `generate_frames` draws and keeps clips: best-of-K needs K >= 1, and K > 1 needs a
+    sampling method (greedy draws K identical clips); `selection` is one of SELECTIONS and
+    `direction` one of DIRECTIONS."""
+    check_direction(direction)
     if selection not in SELECTIONS:
         raise UserError(f"unknown candidate selection {selection!r}; choose one of "
                         f"{list(SELECTIONS)}.")
@@ -131,13 +134,16 @@ def _schedule(num_frames: int, n_frames_before: int) -> tuple[np.ndarray, np.nda
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "transformer", "num_frames", "method", "top_k", "reuse_last_frame_kv"))
+    "transformer", "num_frames", "count", "method", "top_k", "reuse_last_frame_kv"))
 def _generate(transformer: GANimeTransformer, params: Any, first_tokens: jax.Array,
               last_tokens: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, *,
-              num_frames: int, method: str, top_k: int, reuse_last_frame_kv: bool) -> jax.Array:
+              num_frames: int, count: int, method: str, top_k: int,
+              reuse_last_frame_kv: bool) -> jax.Array:
+    """The window layout's first `count` in-betweens (B, count, hw): one scan step per frame."""
     variables = {"params": params}
     batch, frame_tokens = first_tokens.shape
-    steps, context_index, remaining = _schedule(num_frames, transformer.n_frames_before)
+    steps, context_index, remaining = (
+        array[:count] for array in _schedule(num_frames, transformer.n_frames_before))
     clip = jnp.zeros((batch, num_frames, frame_tokens), jnp.int32)
     clip = clip.at[:, 0].set(first_tokens).at[:, -1].set(last_tokens)
     use_prefix = reuse_last_frame_kv and not transformer.countdown_on_last_frame
@@ -157,7 +163,7 @@ def _generate(transformer: GANimeTransformer, params: Any, first_tokens: jax.Arr
         return jax.lax.dynamic_update_index_in_dim(clip, frame, t, axis=1), None
 
     clip, _ = jax.lax.scan(step, clip, (steps, context_index, remaining))
-    return clip
+    return clip[:, 1:count + 1]
 
 
 def _sample_frame(sample: Any, logits: jax.Array, rng: jax.Array, t: jax.Array) -> jax.Array:
@@ -168,23 +174,23 @@ def _sample_frame(sample: Any, logits: jax.Array, rng: jax.Array, t: jax.Array) 
     return jax.vmap(sample)(logits, keys)
 
 
-@functools.partial(jax.jit, static_argnames=("transformer", "num_frames", "method", "top_k"))
+@functools.partial(jax.jit, static_argnames=(
+    "transformer", "num_frames", "count", "method", "top_k"))
 def _generate_sequence(transformer: FrameSequenceTransformer, params: Any,
                        first_tokens: jax.Array, last_tokens: jax.Array, rng: jax.Array,
-                       temperature: jax.Array, top_p: jax.Array, *, num_frames: int, method: str,
-                       top_k: int) -> jax.Array:
-    """The sequence layout's clip: one cached step per frame (`frame_sequence.rollout`)."""
+                       temperature: jax.Array, top_p: jax.Array, *, num_frames: int, count: int,
+                       method: str, top_k: int) -> jax.Array:
+    """The sequence layout's first `count` in-betweens (B, count, hw): one cached step per
+    frame (`frame_sequence.rollout`)."""
     batch = first_tokens.shape[0]
-    remaining = jnp.broadcast_to(
-        jnp.asarray(conditioning.remaining_frames(conditioning.target_frames(num_frames),
-                                                  num_frames), jnp.int32), (batch, num_frames - 2))
+    countdown = conditioning.remaining_frames(conditioning.target_frames(num_frames), num_frames)
+    remaining = jnp.broadcast_to(jnp.asarray(countdown[:count], jnp.int32), (batch, count))
     sample = functools.partial(sample_tokens, method=method, temperature=temperature,
                                top_k=top_k, top_p=top_p)
     # Parallel order: frame s + 1 is sampled at step s, keyed on its index like the window
     # layout's frames; raster order: generated token s (of all frames, in order) on s + 1.
-    middle = rollout(transformer, params, first_tokens, last_tokens, remaining,
-                     lambda logits, s: _sample_frame(sample, logits, rng, s + 1))
-    return jnp.concatenate([first_tokens[:, None], middle, last_tokens[:, None]], axis=1)
+    return rollout(transformer, params, first_tokens, last_tokens, remaining,
+                   lambda logits, s: _sample_frame(sample, logits, rng, s + 1))
 
 
 def generate_tokens(transformer: Transformer, params: Any, first_tokens: jax.Array,
@@ -202,8 +208,30 @@ def generate_tokens(transformer: Transformer, params: Any, first_tokens: jax.Arr
     (window layout; the sequence layout always caches). Compiled once per transformer,
     num_frames, method, top_k and input shape.
     """
+    middle = generate_in_betweens(transformer, params, first_tokens, last_tokens, num_frames, rng,
+                                  method=method, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, reuse_last_frame_kv=reuse_last_frame_kv)
+    return jnp.concatenate([jnp.asarray(first_tokens, jnp.int32)[:, None], middle,
+                            jnp.asarray(last_tokens, jnp.int32)[:, None]], axis=1)
+
+
+def generate_in_betweens(transformer: Transformer, params: Any, first_tokens: jax.Array,
+                         last_tokens: jax.Array, num_frames: int, rng: jax.Array, *,
+                         count: int | None = None, method: str = "greedy",
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                         reuse_last_frame_kv: bool = True) -> jax.Array:
+    """Tokens (B, count, frame_tokens) int32 of frames 1..count of `num_frames`-frame clips.
+
+    What `generate_tokens` draws for those frames with the same arguments (the countdown is
+    the whole clip's), stopping there: the steps after frame `count` are never run. `count`
+    defaults to every in-between, num_frames - 2. Compiled once per count as well.
+    """
     check_num_frames(num_frames, transformer.max_frames)
     check_sampling(method, temperature, top_k, top_p)
+    count = num_frames - 2 if count is None else count
+    if not isinstance(count, (int, np.integer)) or not 1 <= count <= num_frames - 2:
+        raise UserError(f"count={count!r} in-between frames asked of a {num_frames}-frame clip; "
+                        f"pick 1 to {num_frames - 2}.")
     first_tokens, last_tokens = jnp.asarray(first_tokens), jnp.asarray(last_tokens)
     expected = (first_tokens.shape[0], transformer.frame_tokens)
     for name, tokens in (("first", first_tokens), ("last", last_tokens)):
@@ -213,7 +241,7 @@ def generate_tokens(transformer: Transformer, params: Any, first_tokens: jax.Arr
                             f"= {expected}.")
     args = (transformer, params, first_tokens.astype(jnp.int32), last_tokens.astype(jnp.int32),
             rng, jnp.float32(temperature), jnp.float32(top_p))
-    static = dict(num_frames=num_frames, method=method,
+    static = dict(num_frames=num_frames, count=int(count), method=method,
                   top_k=int(top_k) if method == "top_k" else 0)
     if isinstance(transformer, FrameSequenceTransformer):
         return _generate_sequence(*args, **static)
@@ -227,8 +255,8 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
                     **sampling: Any) -> np.ndarray:
     """uint8 clips (B, num_frames, H, W, 3) from uint8 first and last frames (B, H, W, 3).
 
-    The two frames are encoded once, the in-between tokens generated by `generate_tokens`
-    (`sampling`: its keyword arguments) and decoded once at the end, all frames of the batch
+    The two frames are encoded once, the in-between tokens generated by
+    `generate_in_betweens` (`sampling`: its keyword arguments) and decoded once at the end, all frames of the batch
     in one call or, with `decode_batch_size`, in calls of that many frames (XLA:CPU runs the
     decoder's convolutions faster per frame on small batches; see CPU_DECODE_BATCH_SIZE).
     Frames 0 and num_frames-1 of the output are the given frames themselves, not their
@@ -248,7 +276,9 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
     backward: the same model given the last frame as its first and the first as its last, its
     frames reversed. Each frame is then drawn from its nearer given frame, where a draw has
     drifted least. Candidates are drawn and kept in each direction on their own, the medoid
-    over the frames that direction keeps; only kept frames are decoded.
+    over the frames that direction keeps; a draw stops after the frames its direction keeps
+    (unless kept by arrival, which needs its last in-between), and only kept frames are
+    decoded.
     """
     first_frames, last_frames = np.asarray(first_frames), np.asarray(last_frames)
     expected = tuple(tokenizer.frame_shape)
@@ -260,8 +290,7 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
         raise UserError(f"{first_frames.shape[0]} first frames but {last_frames.shape[0]} last "
                         "frames given: pass one last frame per first frame.")
     check_num_frames(num_frames, transformer.max_frames)
-    check_candidates(candidates, sampling.get("method", "greedy"), selection)
-    check_direction(direction)
+    check_choice(candidates, sampling.get("method", "greedy"), selection, direction)
     batch = first_frames.shape[0]
     ends = tokenizer.encode(np.concatenate([first_frames, last_frames]))
     first_tokens, last_tokens = ends[:batch], ends[batch:]
@@ -288,29 +317,34 @@ def _draw_in_betweens(tokenizer: FrameTokenizer, transformer: Transformer, param
     """uint8 (B, keep, H, W, 3): the first `keep` in-between frames of the clip kept among
     `candidates` drawn from `start_tokens` towards `end_tokens` (`generate_frames`)."""
     batch, shape = start_tokens.shape[0], tuple(tokenizer.frame_shape)
+    # Arrival compares each candidate's last in-between with the end frame, so those candidates
+    # are drawn whole; otherwise the draws stop after the kept frames.
+    by_arrival = candidates > 1 and selection == "arrival"
+    count = num_frames - 2 if by_arrival else keep
     # Candidate k draws with fold_in(rng, k) (k = 0: rng itself, the clip of candidates=1), in
     # its own call: an example's draws depend on neither the batch nor K.
-    draws = [generate_tokens(transformer, params, start_tokens, end_tokens, num_frames,
-                             jax.random.fold_in(rng, k) if k else rng, **sampling)
+    draws = [generate_in_betweens(transformer, params, start_tokens, end_tokens, num_frames,
+                                  jax.random.fold_in(rng, k) if k else rng, count=count,
+                                  **sampling)
              for k in range(candidates)]
     if candidates > 1 and selection == "medoid":
-        kept = jnp.stack(draws, axis=1)[:, :, 1:keep + 1].reshape(-1, transformer.frame_tokens)
+        kept = jnp.stack(draws, axis=1).reshape(-1, transformer.frame_tokens)
         pixels = decode_in_batches(tokenizer, kept, decode_batch_size)
         pixels = pixels.reshape(batch, candidates, keep, *shape)
         return pixels[np.arange(batch), medoid(pixels)]
-    tokens = draws[0] if candidates == 1 else nearest_arrival(
-        tokenizer, jnp.stack(draws, axis=1), end_frames, decode_batch_size)
-    kept = tokens[:, 1:keep + 1].reshape(batch * keep, -1)
+    tokens = nearest_arrival(tokenizer, jnp.stack(draws, axis=1), end_frames,
+                             decode_batch_size) if by_arrival else draws[0]
+    kept = tokens[:, :keep].reshape(batch * keep, -1)
     return decode_in_batches(tokenizer, kept, decode_batch_size).reshape(batch, keep, *shape)
 
 
 def nearest_arrival(tokenizer: FrameTokenizer, candidates: jax.Array, last_frames: np.ndarray,
                     decode_batch_size: int | None) -> np.ndarray:
-    """(B, T, hw): of each clip's K candidate token clips (B, K, T, hw), the one whose generated
-    second-to-last frame decodes nearest the given last frame (mean squared pixel error; the
-    lower k on ties)."""
+    """(B, M, hw): of each clip's K candidates' in-between tokens (B, K, M, hw), the one whose
+    last in-between frame (the clip's second-to-last) decodes nearest the given last frame
+    (mean squared pixel error; the lower k on ties)."""
     batch, count = candidates.shape[:2]
-    arrivals = decode_in_batches(tokenizer, candidates[:, :, -2].reshape(batch * count, -1),
+    arrivals = decode_in_batches(tokenizer, candidates[:, :, -1].reshape(batch * count, -1),
                                  decode_batch_size)
     errors = (arrivals.reshape(batch, count, -1).astype(np.float32)
               - last_frames.reshape(batch, 1, -1).astype(np.float32)) ** 2

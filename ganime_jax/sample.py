@@ -150,19 +150,12 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
     return np.stack([np.asarray(r["frames"])[:num_frames] for r in records])
 
 
-def candidates(config: ml_collections.ConfigDict) -> int:
-    """`config.sample.candidates`; configs saved before the field existed draw one clip."""
-    return config.sample.get("candidates", bundle.SAMPLE_FIELDS_SINCE["candidates"])
-
-
-def selection(config: ml_collections.ConfigDict) -> str:
-    """`config.sample.selection`; configs saved before the field existed keep by arrival."""
-    return config.sample.get("selection", bundle.SAMPLE_FIELDS_SINCE["selection"])
-
-
-def direction(config: ml_collections.ConfigDict) -> str:
-    """`config.sample.direction`; configs saved before the field existed draw forward."""
-    return config.sample.get("direction", bundle.SAMPLE_FIELDS_SINCE["direction"])
+def choice(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.sample`'s candidates, selection and direction (`generation.generate_frames`'
+    keywords); a config saved before one of them existed gets its old behaviour
+    (`bundle.SAMPLE_FIELDS_SINCE`)."""
+    return {name: config.sample.get(name, default)
+            for name, default in bundle.SAMPLE_FIELDS_SINCE.items()}
 
 
 def choice_label(count: int, kept_by: str, drawn: str = "forward") -> str:
@@ -192,8 +185,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     num_frames = settings.num_frames if num_frames is None else num_frames
     video_path, gif_path = output_paths(config, workdir, output,
                                         PAIR_NAME if first is not None else GRID_NAME)
-    generation.check_candidates(candidates(config), settings.method, selection(config))
-    generation.check_direction(direction(config))
+    generation.check_choice(method=settings.method, **choice(config))
     generator = load_generator(config, workdir)
     generation.check_num_frames(num_frames, generator.transformer.max_frames)
     frame_shape = generator.tokenizer.frame_shape
@@ -204,8 +196,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         truth = heldout_clips(config, num_frames, settings.num_clips)
         firsts, lasts = truth[:, 0], truth[:, -1]
     sampling = dict(method=settings.method, temperature=settings.temperature,
-                    top_k=settings.top_k, top_p=settings.top_p, candidates=candidates(config),
-                    selection=selection(config), direction=direction(config))
+                    top_k=settings.top_k, top_p=settings.top_p, **choice(config))
     start = time.perf_counter()
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,

@@ -174,7 +174,7 @@ def serve(config: Any, workdir: str | pathlib.Path, *, port: int | None = None,
     output_dir = tempfile.mkdtemp(prefix="ganime_demo_")
     atexit.register(shutil.rmtree, output_dir, ignore_errors=True)
     inbetweener = InBetweener(generator, config.sample.get("fps", sample.DEFAULT_FPS), output_dir,
-                              sample.direction(config))
+                              sample.choice(config)["direction"])
     page = build_page(inbetweener, config, example)
     allowed = [output_dir] + [str(pathlib.Path(p).parent) for p in example or ()]
     try:

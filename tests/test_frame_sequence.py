@@ -308,6 +308,9 @@ def test_generate_tokens_samples_through_the_cache(model_and_params):
                               sampled)
     np.testing.assert_array_equal(generate(seed=1, batch=slice(0, 1), method="top_p",
                                            top_p=0.95, temperature=2.0)[0], sampled[0])
+    np.testing.assert_array_equal(generation.generate_in_betweens(
+        model, params, first, last, MAX_FRAMES, jax.random.key(1), count=3, method="top_p",
+        top_p=0.95, temperature=2.0), sampled[:, 1:4])
 
 
 @pytest.fixture(scope="module", params=((2, False), (WHOLE_HISTORY, True)),
@@ -398,6 +401,10 @@ def test_raster_greedy_rollout_is_the_argmax_of_its_own_prefix(raster_model_and_
     sampled = generate(1, method="top_k", top_k=8, temperature=2.0)
     np.testing.assert_array_equal(generate(1, method="top_k", top_k=8, temperature=2.0), sampled)
     assert not np.array_equal(generate(2, method="top_k", top_k=8, temperature=2.0), sampled)
+    # Stopping after two in-betweens draws what the whole clip drew there.
+    np.testing.assert_array_equal(generation.generate_in_betweens(
+        model, params, first, last, MAX_FRAMES, jax.random.key(1), count=2, method="top_k",
+        top_k=8, temperature=2.0), sampled[:, 1:3])
 
 
 def test_raster_objective_scores_every_target_teacher_forced(raster_model_and_params):

@@ -144,6 +144,22 @@ def test_sample_tokens_stays_inside_top_k_and_nucleus():
         np.testing.assert_allclose(counts[sorted(allowed)] / len(tokens), kept, atol=0.03)
 
 
+def test_in_betweens_stop_after_count_frames_as_the_whole_clip_draws_them(model, ends):
+    transformer, params = model
+    sampling = dict(method="top_k", top_k=VOCAB, temperature=2.0)
+    whole = _generate(model, ends, seed=4, **sampling)
+
+    def in_betweens(count):
+        return np.asarray(generation.generate_in_betweens(
+            transformer, params, *ends, NUM_FRAMES, jax.random.key(4), count=count, **sampling))
+
+    for count in (1, 3):
+        np.testing.assert_array_equal(in_betweens(count), whole[:, 1:count + 1])
+    for count in (0, NUM_FRAMES - 1):
+        with pytest.raises(UserError, match=f"count={count} in-between frames .* pick 1 to 5"):
+            in_betweens(count)
+
+
 @pytest.mark.parametrize("num_frames", [2, MAX_FRAMES + 1])
 def test_unsupported_num_frames_is_a_user_error(model, ends, num_frames):
     with pytest.raises(UserError, match=f"num_frames={num_frames} .*3 to {MAX_FRAMES} frames"):

@@ -120,8 +120,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        candidates=sample.candidates(config), selection=sample.selection(config),
-        direction=sample.direction(config),
+        **sample.choice(config),
         fvd=section.fvd,
         i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
         ssim_gaussian=section.ssim_gaussian)
@@ -131,8 +130,8 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
                         "method other than greedy and at least two seeds.")
     generation.check_sampling(settings.method, settings.temperature, settings.top_k,
                               settings.top_p)
-    generation.check_candidates(settings.candidates, settings.method, settings.selection)
-    generation.check_direction(settings.direction)
+    generation.check_choice(settings.candidates, settings.method, settings.selection,
+                            settings.direction)
     return settings
 
 

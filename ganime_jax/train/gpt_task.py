@@ -77,9 +77,8 @@ def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if model.get("token_order", "parallel") == "raster":
         gpt_step.check_raster_objective(
             config.train.stop_ground_truth_after_step < config.train.num_steps, noise)
-    generation.check_candidates(config.sample.candidates, config.sample.method,  # the GIFs
-                                config.sample.selection)
-    generation.check_direction(config.sample.direction)
+    generation.check_choice(config.sample.candidates, config.sample.method,  # the GIFs
+                            config.sample.selection, config.sample.direction)
     share = model.codebook_embedding_share
     if not 0.0 <= share <= 1.0:
         raise UserError(f"config.model.codebook_embedding_share={share} must be in [0, 1] "
