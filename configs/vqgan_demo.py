@@ -20,8 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dataset = "synthetic_anime"
     # 12 test episodes hold 264 clips of 16 frames, enough for a 256-clip eval (6 held 137).
     # Every episode is rendered from its own seed, so the train split does not depend on it.
+    # 6 validation episodes (about 137 such clips) for choosing settings without the test clips.
     config.data.embedded = ml_collections.ConfigDict(dict(
-        kind="synthetic_anime", num_train_episodes=60, num_test_episodes=12, seed=0))
+        kind="synthetic_anime", num_train_episodes=60, num_test_episodes=12,
+        num_validation_episodes=6, seed=0))
     # 4 channels per normalisation group: with one channel per group, GroupNorm removes each
     # channel's per-frame mean, and the flat background colours must be smuggled around it.
     config.model.update(channels=16, channel_multipliers=(1, 2, 4, 4), z_channels=64,

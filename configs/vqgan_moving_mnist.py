@@ -16,8 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = vqgan_kny.get_config()
     config.data.dataset = "moving_mnist"
     config.data.embedded = ml_collections.ConfigDict(dict(
-        kind="moving_mnist", num_train_clips=10_000, num_test_clips=1_000, num_frames=20,
-        size=64, num_digits=2, seed=0))
+        kind="moving_mnist", num_train_clips=10_000, num_test_clips=1_000,
+        num_validation_clips=256, num_frames=20, size=64, num_digits=2, seed=0))
     config.data.height = config.data.embedded.get_ref("size")
     config.data.width = config.data.embedded.get_ref("size")
     return config

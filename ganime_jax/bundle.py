@@ -39,8 +39,9 @@ OUTPUT_ROOT = "workdirs"
 # Where a bundle's `--mode=eval` reads (and, for an embedded dataset, builds) its test clips:
 # relative to the current directory, like the configs' default, never the source run's path.
 DATA_ROOT = "datasets"
-# The config sections that `--mode=eval` on a bundle may override.
-EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample")
+# The config sections (and single fields) that `--mode=eval` on a bundle may override:
+# data.eval_split="validation" scores the validation clips, for choosing sampling settings.
+EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample", "data.eval_split")
 # `sample` fields added after bundles were first exported, with the values that reproduce how
 # an older bundle sampled: filled in on load so that --config.sample.<field> can set them.
 # All are `generation.generate_frames` keywords (`sample.choice`).
@@ -114,16 +115,21 @@ def _read_config_json(path: pathlib.Path, what: str) -> ml_collections.ConfigDic
 
 
 def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> SampleRun:
-    """`load_sample_run` for `--mode=eval`: the report goes to `output_dir(bundle_dir, "eval")`,
-    `overrides` (`--config.evaluate.*` / `--config.sample.*`) are applied, and the embedded
-    dataset the bundle's tokenizer was trained on is built under the config's data_root if its
-    clips are missing (as training would build it)."""
+    """`load_sample_run` for `--mode=eval`: `overrides` (`EVAL_OVERRIDE_SECTIONS`) are applied,
+    the report goes to `output_dir(bundle_dir, "eval")` (`"eval_<split>"` for a split other than
+    the bundle's own), and the embedded dataset the bundle's tokenizer was trained on is built
+    under the config's data_root if its clips are missing (as training would build it)."""
     run = load_sample_run(bundle_dir)
     config = run.config
-    config.evaluate.output_dir = str(output_dir(bundle_dir, "eval"))
+    own_split = config.data.eval_split
+    config.evaluate.output_dir = ""
     config_check.apply_overrides(config, overrides, EVAL_OVERRIDE_SECTIONS)
-    if not tfds_io.dataset_exists(config.data.data_root,
-                                  tfds_io.variant_name(config.data.dataset, "clips")):
+    split = config.data.eval_split
+    if not config.evaluate.output_dir:
+        kind = "eval" if split == own_split else f"eval_{split}"
+        config.evaluate.output_dir = str(output_dir(bundle_dir, kind))
+    clips = tfds_io.variant_name(config.data.dataset, "clips")
+    if not tfds_io.dataset_exists(config.data.data_root, clips):
         data = tokenizer_config(pathlib.Path(config.tokenizer.workdir)).data
         if data.dataset != config.data.dataset or not data.get("embedded", {}).get("kind"):
             raise UserError(f"no {config.data.dataset}_clips dataset in {config.data.data_root} "
@@ -131,4 +137,12 @@ def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> Sampl
                             "to build it from; build it with `python -m data_prep.episodes`.")
         data.data_root = config.data.data_root
         entry.ensure_dataset(data)
+    splits = tfds_io.split_names(config.data.data_root, clips)
+    if split not in splits:
+        raise UserError(
+            f"{tfds_io.dataset_path(config.data.data_root, clips)} has no {split!r} split (it has "
+            f"{splits}): an embedded dataset has a validation split when built with "
+            "num_validation_episodes or num_validation_clips > 0 (the bundle's "
+            f"{VQGAN_DIR}/config.json says how it is built); delete it and its _frames twin to "
+            "have it rebuilt.")
     return run

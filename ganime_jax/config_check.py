@@ -65,11 +65,13 @@ def _parse_like(current: Any, text: str, name: str) -> Any:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
                     sections: tuple[str, ...]) -> None:
     """Applies `--config.a.b=value` arguments to `config` in place; only fields that exist
-    under one of `sections` may be set (values parsed to the field's type)."""
+    under one of `sections` (or are one of them) may be set (values parsed to the field's
+    type)."""
     fields = flatten(config)
     for argument in overrides:
         name, _, text = argument.removeprefix("--config.").partition("=")
-        if not name.startswith(tuple(f"{section}." for section in sections)):
+        if name not in sections and not name.startswith(
+                tuple(f"{section}." for section in sections)):
             raise UserError(f"--config.{name} cannot be set here: only fields of "
                             f"{', '.join(sections)} can.")
         if name not in fields:

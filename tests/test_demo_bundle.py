@@ -153,6 +153,41 @@ def test_a_sequence_layout_bundle_samples(runs, tmp_path):
     np.testing.assert_array_equal(clips[1][0, 0], frames[0])
 
 
+def test_eval_of_a_bundle_on_its_validation_clips(runs, tmp_path, monkeypatch):
+    """`--config.data.eval_split=validation` scores the validation episodes (built when the
+    bundle's tokenizer config asks for them) into workdirs/<bundle>_eval_validation; a dataset
+    without that split is one error line; no other data field may be set."""
+    copied = tmp_path / "copied"
+    shutil.copytree(runs["out"], copied)
+    monkeypatch.chdir(tmp_path)
+
+    def resolve(*extra):
+        return cli.resolve_run("eval", NO_CONFIG_FLAG, workdir=None, bundle_dir=str(copied),
+                               first=None, last=None,
+                               bundle_overrides=["--config.data.eval_split=validation", *extra])
+
+    with pytest.raises(UserError, match=r"tiny_anime_clips has no 'validation' split \(it has "
+                       r"\['train', 'test'\]\).*delete it"):
+        resolve()
+    shutil.rmtree("datasets")
+    tokenizer_json = copied / bundle.VQGAN_DIR / checkpointing.CONFIG_FILENAME
+    amended = json.loads(tokenizer_json.read_text())
+    amended["data"]["embedded"]["num_validation_episodes"] = 1
+    tokenizer_json.write_text(json.dumps(amended))
+    run = resolve()
+    assert run.config.data.eval_split == "validation"
+    assert run.config.evaluate.output_dir == str(pathlib.Path("workdirs", "copied_eval_validation"))
+    clips = tfds_io.open_split("datasets", "tiny_anime_clips", "validation")
+    embedded = amended["data"]["embedded"]
+    first_validation_episode = embedded["num_train_episodes"] + embedded["num_test_episodes"]
+    assert {clips[i]["source"] for i in range(len(clips))} == {
+        f"episode_{first_validation_episode:04d}"}
+    assert resolve("--config.evaluate.output_dir=elsewhere").config.evaluate.output_dir == \
+        "elsewhere"
+    with pytest.raises(UserError, match="data.data_root cannot be set here"):
+        resolve("--config.data.data_root=other")
+
+
 def test_eval_of_a_bundle_builds_its_test_clips_and_writes_beside_it(runs, tmp_path,
                                                                      monkeypatch):
     """`--mode=eval --bundle=DIR --config.evaluate.*=...`: no training run needed; a missing
@@ -247,8 +282,8 @@ def test_main_py_passes_config_overrides_to_an_evaluated_bundle(runs, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
-        "error: --config.train.num_steps cannot be set here: only fields of evaluate, sample "
-        "can."]
+        "error: --config.train.num_steps cannot be set here: only fields of evaluate, sample, "
+        "data.eval_split can."]
 
 
 def _raises(match: str, function, *args, **kwargs) -> None:

@@ -62,6 +62,34 @@ def test_ensure_skips_existing_and_rejects_other_settings(anime_root, monkeypatc
         embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="kinetics")
 
 
+def test_validation_episodes_come_after_and_leave_train_and_test_alone(anime_root, tmp_path):
+    embedded.ensure_embedded_dataset(str(tmp_path), "toon", kind="synthetic_anime", **ANIME,
+                                     num_validation_episodes=1)
+    def ordered(root, split):
+        clips = _read_all(root, "toon_clips", split)
+        return sorted(clips, key=lambda clip: (clip["source"], clip["shot_index"], clip["clip_index"]))
+
+    for split in ("train", "test"):
+        assert all(np.array_equal(a["frames"], b["frames"]) for a, b in zip(
+            ordered(anime_root, split), ordered(tmp_path, split), strict=True))
+    validation = _read_all(tmp_path, "toon_clips", "validation")
+    assert validation and {c["source"] for c in validation} == {"episode_0003"}
+    assert tfds_io.split_names(str(anime_root), "toon_clips") == ["train", "test"]
+    with pytest.raises(UserError, match="num_validation_episodes=-1"):
+        embedded.build_synthetic_anime(str(tmp_path / "bad"), **ANIME, num_validation_episodes=-1)
+
+
+def test_a_dataset_built_before_a_setting_existed_has_its_default(anime_root, monkeypatch):
+    stored = tfds_io.read_metadata(str(anime_root), "toon_clips")
+    del stored["settings"]["num_validation_episodes"]
+    monkeypatch.setattr(tfds_io, "read_metadata", lambda *args: stored)
+    embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="synthetic_anime",
+                                     num_validation_episodes=0)
+    with pytest.raises(UserError, match="other settings"):
+        embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="synthetic_anime",
+                                         num_validation_episodes=2)
+
+
 def test_moving_mnist_splits_and_shapes(tmp_path):
     embedded.ensure_embedded_dataset(str(tmp_path), "mm", kind="moving_mnist", height=32, width=32,
                                      **{k: v for k, v in MNIST.items() if k != "size"})
@@ -74,6 +102,19 @@ def test_moving_mnist_splits_and_shapes(tmp_path):
         assert {c["source"] for c in clips} == {f"mm_{split}"}
     with pytest.raises(UserError, match="square"):
         embedded.ensure_embedded_dataset(str(tmp_path), "mm2", kind="moving_mnist", height=32, width=64)
+    # Validation clips: new clips (of the training digits); train and test stay as they were.
+    embedded.ensure_embedded_dataset(str(tmp_path), "mmv", kind="moving_mnist", **MNIST,
+                                     num_validation_clips=2)
+    def by_index(name, split):
+        return sorted(_read_all(tmp_path, name, split), key=lambda clip: clip["shot_index"])
+
+    for split in ("train", "test"):
+        assert all(np.array_equal(a["frames"], b["frames"]) for a, b in zip(
+            by_index("mm_clips", split), by_index("mmv_clips", split), strict=True))
+    validation = _read_all(tmp_path, "mmv_clips", "validation")
+    train = _read_all(tmp_path, "mmv_clips", "train")
+    assert len(validation) == 2 and {c["source"] for c in validation} == {"mmv_validation"}
+    assert not any(np.array_equal(v["frames"], t["frames"]) for v in validation for t in train)
 
 
 def test_cli_builds_synthetic_anime(tmp_path):

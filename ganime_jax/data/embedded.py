@@ -2,9 +2,16 @@
 
 - synthetic_anime: episodes rendered by `ganime_jax.data.synthetic_anime`; every shot goes
   through the same held-frame removal and clip cutting as real episodes (`staged_clips`).
-  Episodes are the sources: the first `num_train_episodes` are "train", the rest "test".
+  Episodes are the sources: the first `num_train_episodes` are "train", the next
+  `num_test_episodes` "test" and the next `num_validation_episodes` (default none)
+  "validation".
 - moving_mnist: two digits bouncing in a 64x64 frame; train and test clips draw their digits
-  from disjoint pools (`load_mnist_digits("train"/"test")`). Each clip is its own shot.
+  from disjoint pools (`load_mnist_digits("train"/"test")`); validation clips (default none) are
+  new clips of the training digits. Each clip is its own shot.
+
+The validation split is for choosing settings (sampling, say) without looking at the test
+clips. Every episode and clip is rendered from its own seed, so adding validation data leaves
+the train and test splits as they were.
 
 Both write `{name}_frames` and `{name}_clips` (frames: every frame of every clip).
 
@@ -28,7 +35,8 @@ from ganime_jax.data.moving_mnist import load_mnist_digits, render_moving_mnist_
 from ganime_jax.data.synthetic_anime import SyntheticAnimeConfig, iter_episode_shots
 from ganime_jax.errors import UserError
 
-SPLITS = ("train", "test")
+# In seed order: a clip's seed depends on its split's index here, so new splits go last.
+SPLITS = ("train", "test", "validation")
 
 
 def _sub_seed(seed: int, *path: int) -> int:
@@ -41,6 +49,7 @@ def build_synthetic_anime(
     name: str = "synthetic_anime",
     num_train_episodes: int = 60,
     num_test_episodes: int = 6,
+    num_validation_episodes: int = 0,
     shots_per_episode: int = 20,
     min_drawings: int = 15,
     max_drawings: int = 40,
@@ -54,6 +63,8 @@ def build_synthetic_anime(
     """Render episodes, drop held frames, cut clips, write both datasets; returns the counts."""
     if num_train_episodes < 1 or num_test_episodes < 1 or shots_per_episode < 1:
         raise UserError("synthetic_anime needs at least 1 train episode, 1 test episode and 1 shot each.")
+    if num_validation_episodes < 0:
+        raise UserError(f"num_validation_episodes={num_validation_episodes}: use 0 (no validation split) or more.")
     settings_args = {k: v for k, v in locals().items() if k not in ("data_root", "name")}
     clip_settings = ClipSettings(
         height=height, width=width, min_frames=min_frames, max_frames=max_frames, held_threshold=held_threshold
@@ -62,8 +73,11 @@ def build_synthetic_anime(
     stage_dir = Path(data_root) / f".{name}.staging"
     stage_dir.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(COUNT_KEYS, 0)
-    splits: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
-    num_episodes = num_train_episodes + num_test_episodes
+    first_episode = {"train": 0, "test": num_train_episodes,
+                     "validation": num_train_episodes + num_test_episodes}
+    num_episodes = first_episode["validation"] + num_validation_episodes
+    splits: dict[str, list[tuple[str, str]]] = {
+        split: [] for split in SPLITS if split != "validation" or num_validation_episodes}
     for episode in tqdm(range(num_episodes), desc=f"{name}: render episodes", unit="episode"):
         cutter, num_frames = ClipCutter(clip_settings), 0
         shots = iter_episode_shots(_sub_seed(seed, episode), shots_per_episode, config, min_drawings, max_drawings)
@@ -77,7 +91,9 @@ def build_synthetic_anime(
         stage = stage_dir / f"{source}.npz"
         clips.save(stage)
         if clips.num_clips:
-            splits["train" if episode < num_train_episodes else "test"].append((source, str(stage)))
+            split = ("train" if episode < first_episode["test"] else
+                     "test" if episode < first_episode["validation"] else "validation")
+            splits[split].append((source, str(stage)))
     metadata = {"builder": "synthetic_anime", "settings": settings_args, "summary": counts}
     write_staged_datasets(data_root, name, splits, clip_settings, f"{name} (synthetic episodes).", metadata)
     shutil.rmtree(stage_dir, ignore_errors=True)
@@ -89,17 +105,23 @@ def build_moving_mnist(
     name: str = "moving_mnist",
     num_train_clips: int = 10000,
     num_test_clips: int = 1000,
+    num_validation_clips: int = 0,
     seed: int = 0,
     num_frames: int = 20,
     size: int = 64,
     num_digits: int = 2,
 ) -> dict[str, int]:
-    """Render Moving MNIST clips (train/test digits disjoint) and write both datasets."""
+    """Render Moving MNIST clips (train/test digits disjoint; validation clips draw the training
+    digits) and write both datasets."""
     if num_train_clips < 1 or num_test_clips < 1 or num_frames < 1:
         raise UserError("moving_mnist needs at least 1 train clip, 1 test clip and 1 frame per clip.")
+    if num_validation_clips < 0:
+        raise UserError(f"num_validation_clips={num_validation_clips}: use 0 (no validation split) or more.")
     settings_args = {k: v for k, v in locals().items() if k not in ("data_root", "name")}
-    sizes = {"train": num_train_clips, "test": num_test_clips}
-    digits = {split: load_mnist_digits(split) for split in SPLITS}
+    sizes = {"train": num_train_clips, "test": num_test_clips, "validation": num_validation_clips}
+    splits = [split for split in SPLITS if sizes[split]]
+    train_digits = load_mnist_digits("train")
+    digits = {"train": train_digits, "test": load_mnist_digits("test"), "validation": train_digits}
 
     def clips(split: str) -> Iterator[tuple[int, np.ndarray]]:
         for i in tqdm(range(sizes[split]), desc=f"{name}: {split}", unit="clip"):
@@ -117,17 +139,17 @@ def build_moving_mnist(
             for t, frame in enumerate(frames):
                 yield {"frame": frame, "source": f"{name}_{split}", "shot_index": i, "frame_index": t}
 
-    counts = {"clips": num_train_clips + num_test_clips, "clip_frames": (num_train_clips + num_test_clips) * num_frames}
+    counts = {"clips": sum(sizes.values()), "clip_frames": sum(sizes.values()) * num_frames}
     metadata = {"builder": "moving_mnist", "settings": settings_args, "summary": counts}
     frame_shape = (size, size, 3)
     tfds_io.write_dataset(
         data_root, tfds_io.variant_name(name, "frames"), "frames",
-        {s: frame_examples(s) for s in SPLITS}, frame_shape,
+        {s: frame_examples(s) for s in splits}, frame_shape,
         description="Frames of Moving MNIST clips.", metadata=metadata,
     )
     tfds_io.write_dataset(
         data_root, tfds_io.variant_name(name, "clips"), "clips",
-        {s: clip_examples(s) for s in SPLITS}, frame_shape,
+        {s: clip_examples(s) for s in splits}, frame_shape,
         description=f"Moving MNIST clips of {num_frames} frames.", metadata=metadata,
     )
     return counts
@@ -156,6 +178,12 @@ def _builder_settings(kind: str, settings: dict) -> dict:
     return settings
 
 
+def _builder_defaults(kind: str) -> dict:
+    """The default value of each of builder `kind`'s settings."""
+    parameters = inspect.signature(BUILDERS[kind]).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def ensure_embedded_dataset(data_root: str, name: str, kind: str, **settings) -> None:
     """Build embedded dataset `kind` as `{name}_frames`/`{name}_clips` unless both exist.
 
@@ -168,7 +196,8 @@ def ensure_embedded_dataset(data_root: str, name: str, kind: str, **settings) ->
     names = [tfds_io.variant_name(name, "frames"), tfds_io.variant_name(name, "clips")]
     if all(tfds_io.dataset_exists(data_root, n) for n in names):
         stored = tfds_io.read_metadata(data_root, names[1])
-        built = stored.get("settings", {})
+        # A dataset built before a setting existed was built with that setting's default.
+        built = {**_builder_defaults(kind), **stored.get("settings", {})}
         differ = {k: (built.get(k), v) for k, v in settings.items() if built.get(k) != v}
         if stored.get("builder") != kind or differ:
             raise UserError(
