@@ -134,7 +134,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.selection = "arrival"
     # "forward": every in-between drawn from the first frame on; "both": the first half from
     # the first frame on, the second half from the last frame back (the model run on the two
-    # frames swapped; `generation.generate_frames`). "both" costs two draws per clip.
+    # frames swapped; `generation.generate_frames`). Each draw stops after the frames it keeps,
+    # so "both" costs one forward draw's sampling (two whole draws with candidates kept by
+    # arrival).
     config.sample.direction = "forward"
     config.sample.seed = 0
     config.sample.num_frames = 20  # default clip length of --mode=sample

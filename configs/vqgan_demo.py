@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dataset = "synthetic_anime"
     # 12 test episodes hold 264 clips of 16 frames, enough for a 256-clip eval (6 held 137).
     # Every episode is rendered from its own seed, so the train split does not depend on it.
-    # 6 validation episodes (about 137 such clips) for choosing settings without the test clips.
+    # 6 validation episodes (134 clips of 16 frames or more) for choosing settings without the
+    # test clips.
     config.data.embedded = ml_collections.ConfigDict(dict(
         kind="synthetic_anime", num_train_episodes=60, num_test_episodes=12,
         num_validation_episodes=6, seed=0))
