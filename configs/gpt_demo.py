@@ -38,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.update(lr=1e-3, init_lr=1e-4, grad_accum_steps=1)
     config.train.update(batch_size=4, num_steps=4_000, log_every=20, checkpoint_every=200,
                         keep_checkpoints=2, sample_every=1_000)
-    config.eval.update(every=500, num_batches=2, batch_size=16)
+    # Curves and choices while training read the validation clips, never the test ones (the
+    # tokenizer's config must build them: `vqgan_demo` does).
+    config.eval.update(every=500, num_batches=2, batch_size=16, split="validation")
     config.sample.update(method="greedy", num_frames=16)
     config.evaluate.update(num_clips=256, num_frames=16, seeds=(0, 1, 2), method="top_k")
     return config

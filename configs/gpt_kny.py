@@ -118,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.every = 5_000
     config.eval.num_batches = 4
     config.eval.batch_size = 16
+    # The split the held-out figures logged while training read (a run's curves and the choice of
+    # its settings and checkpoints); `--mode=eval` scores `data.eval_split`. GANime had no other.
+    config.eval.split = "test"
 
     # Generation: --mode=sample and the GIFs written while training.
     config.sample = ml_collections.ConfigDict()

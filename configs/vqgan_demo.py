@@ -41,5 +41,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.schedule = "cosine"
     config.train.update(batch_size=8, num_steps=6_000, log_every=50, checkpoint_every=250,
                         image_every=500, keep_checkpoints=2)
-    config.eval.update(every=500, num_batches=16, batch_size=16)
+    # Curves and choices while training read the validation episodes, never the test ones.
+    config.eval.update(every=500, num_batches=16, batch_size=16, split="validation")
     return config

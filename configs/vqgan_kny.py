@@ -129,6 +129,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.every = 5_000
     config.eval.num_batches = 8
     config.eval.batch_size = 16
+    # The split the held-out figures logged while training read (a run's curves and the choice of
+    # its settings and checkpoints); `--mode=eval` scores `data.eval_split`. GANime had no other.
+    config.eval.split = "test"
 
     # Mesh axes: `data` shards the batch; `fsdp` shards parameters (1: replicated params).
     # -1 takes all remaining devices.

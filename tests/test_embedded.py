@@ -75,6 +75,10 @@ def test_validation_episodes_come_after_and_leave_train_and_test_alone(anime_roo
     validation = _read_all(tmp_path, "toon_clips", "validation")
     assert validation and {c["source"] for c in validation} == {"episode_0003"}
     assert tfds_io.split_names(str(anime_root), "toon_clips") == ["train", "test"]
+    # What a config will build is known before it is built (training checks eval.split so).
+    assert embedded.planned_splits("synthetic_anime", **ANIME) == ["train", "test"]
+    assert embedded.planned_splits("synthetic_anime", **ANIME, num_validation_episodes=1) == \
+        tfds_io.split_names(str(tmp_path), "toon_clips") == ["train", "test", "validation"]
     with pytest.raises(UserError, match="num_validation_episodes=-1"):
         embedded.build_synthetic_anime(str(tmp_path / "bad"), **ANIME, num_validation_episodes=-1)
 
@@ -115,6 +119,10 @@ def test_moving_mnist_splits_and_shapes(tmp_path):
     train = _read_all(tmp_path, "mmv_clips", "train")
     assert len(validation) == 2 and {c["source"] for c in validation} == {"mmv_validation"}
     assert not any(np.array_equal(v["frames"], t["frames"]) for v in validation for t in train)
+    assert embedded.planned_splits("moving_mnist", height=32, width=32, **MNIST) == \
+        tfds_io.split_names(str(tmp_path), "mm_clips") == ["train", "test"]
+    assert embedded.planned_splits("moving_mnist", **MNIST, num_validation_clips=2) == \
+        tfds_io.split_names(str(tmp_path), "mmv_clips") == ["train", "test", "validation"]
 
 
 def test_cli_builds_synthetic_anime(tmp_path):

@@ -16,6 +16,7 @@ import safetensors.numpy
 
 from configs import gpt_demo, gpt_kny, gpt_mnist_demo, gpt_tiny
 from ganime_jax import conditioning, config_check
+from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.frame_layouts import LAYOUTS
 from ganime_jax.tokenizer import load_tokenizer
@@ -408,6 +409,14 @@ def test_sample_writer_writes_generated_and_ground_truth(setup, stage1_workdirs,
         for t in (0, num_frames - 1):  # generation starts and ends on the given frames
             assert np.abs(cell(t, 0, clip) - truth[clip, t]).mean() < 6
     assert np.abs(truth[0, 0] - truth[1, 0]).mean() > 20
+    # The clips come from `eval.split` (the held-out figures' split), not data.eval_split.
+    config.eval.split = "train"
+    from_train = SampleWriter(config, mesh_of(1, 1), model, tmp_path).held_out_clips()
+    records = tfds_io.first_records(config.data.data_root,
+                                    tfds_io.variant_name(config.data.dataset, "clips"), "train",
+                                    min_frames=num_frames, count=num_clips)
+    np.testing.assert_array_equal(from_train, [r["frames"][:num_frames] for r in records])
+    assert not np.array_equal(from_train, truth)
 
 
 def test_configs_are_complete_and_checked():

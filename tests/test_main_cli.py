@@ -76,3 +76,12 @@ def test_stage1_setting_that_cannot_train_fails_before_the_dataset_is_built(tmp_
     _assert_one_line_error(_run("--config=configs/vqgan_tiny.py", f"--workdir={tmp_path / 'w'}",
                                 f"--config.data.data_root={data_root}", *flags), fragment)
     assert not data_root.exists()
+
+
+def test_held_out_split_missing_from_the_dataset_fails_before_it_is_built(tmp_path):
+    data_root = tmp_path / "datasets"
+    _assert_one_line_error(_run("--config=configs/vqgan_tiny.py", f"--workdir={tmp_path / 'w'}",
+                                f"--config.data.data_root={data_root}",
+                                "--config.eval.split=validation"),
+                           "config.eval.split='validation'", "only the splits ['train', 'test']")
+    assert not data_root.exists()

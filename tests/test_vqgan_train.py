@@ -126,7 +126,7 @@ def test_evaluation_covers_the_global_batch(setup, stage1_workdirs):
     stage-1 checkpoint holds a random generator)."""
     config = ml_collections.ConfigDict(setup[0].to_dict())
     config.data.data_root = stage1_workdirs["data_root"]
-    config.data.eval_split = "train"  # 27 frames: 3 batches of 8 (the test split has 10)
+    config.eval.split = "train"  # 27 frames: 3 batches of 8 (the test split has 10)
     config.eval.num_batches = 2
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 4, "fsdp": 2}))
     task = VQGANTask(config, mesh)
@@ -137,7 +137,7 @@ def test_evaluation_covers_the_global_batch(setup, stage1_workdirs):
     options = pipeline.LoaderOptions(seed=0, shuffle=False, num_epochs=1, read_threads=0)
     loader = pipeline.frames_loader(
         config.data.data_root, tfds_io.variant_name(config.data.dataset, "frames"),
-        config.data.eval_split, global_batch_size=config.eval.batch_size, options=options)
+        config.eval.split, global_batch_size=config.eval.batch_size, options=options)
     frames = np.concatenate([b["frames"] for b in itertools.islice(loader, 2)])
     one_device = jax.device_put((jax.device_get(state.gen_params), frames, setup[3]),
                                 jax.devices()[0])

@@ -184,6 +184,18 @@ def _builder_defaults(kind: str) -> dict:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
+_SPLIT_SIZE_SETTINGS = {"synthetic_anime": "num_{}_episodes", "moving_mnist": "num_{}_clips"}
+
+
+def planned_splits(kind: str, **settings) -> list[str]:
+    """The splits that `ensure_embedded_dataset` builds for `kind` with `settings` (those with
+    episodes or clips), so that a config can be checked before anything is rendered."""
+    if kind not in BUILDERS:
+        raise UserError(f"unknown embedded dataset {kind!r}; choose one of {sorted(BUILDERS)}.")
+    values = {**_builder_defaults(kind), **_builder_settings(kind, settings)}
+    return [split for split in SPLITS if values[_SPLIT_SIZE_SETTINGS[kind].format(split)]]
+
+
 def ensure_embedded_dataset(data_root: str, name: str, kind: str, **settings) -> None:
     """Build embedded dataset `kind` as `{name}_frames`/`{name}_clips` unless both exist.
 

@@ -6,17 +6,27 @@ import jax
 import ml_collections
 
 from ganime_jax import mesh as mesh_lib, multihost
+from ganime_jax.data import tfds_io
+from ganime_jax.errors import UserError
 from ganime_jax.train import loop
+
+
+def _embedded_settings(data: ml_collections.ConfigDict) -> dict | None:
+    """The builder settings of the embedded dataset `data` names, or None if it names none."""
+    if "embedded" not in data or not data.embedded.kind:
+        return None
+    settings = {k: v for k, v in data.embedded.items() if k != "kind"}
+    return {**settings, "height": data.height, "width": data.width}
 
 
 def ensure_dataset(data: ml_collections.ConfigDict) -> None:
     """Builds the embedded dataset named by `data.embedded.kind` when it is not there yet."""
-    if "embedded" not in data or not data.embedded.kind:
+    settings = _embedded_settings(data)
+    if settings is None:
         return
     from ganime_jax.data import embedded
-    settings = {k: v for k, v in data.embedded.items() if k != "kind"}
     embedded.ensure_embedded_dataset(data.data_root, data.dataset, kind=data.embedded.kind,
-                                     height=data.height, width=data.width, **settings)
+                                     **settings)
 
 
 def ensure_tokens(config: ml_collections.ConfigDict) -> None:
@@ -33,6 +43,37 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
     ensure_dataset(config.data)
     if config.stage == "gpt":
         ensure_tokens(config)
+
+
+def _stage_splits(config: ml_collections.ConfigDict) -> tuple[str, list[str]] | None:
+    """(what, its splits) for the dataset the stage reads: as built, or as `prepare_data` will
+    build it (stage 2's tokens take every split of the clips); None when not known yet."""
+    data = config.data
+    kinds = ("tokens", "clips") if config.stage == "gpt" else ("frames",)
+    for kind in kinds:
+        name = tfds_io.variant_name(data.dataset, kind)
+        if tfds_io.dataset_exists(data.data_root, name):
+            return str(tfds_io.dataset_path(data.data_root, name)), tfds_io.split_names(
+                data.data_root, name)
+    settings = _embedded_settings(data)
+    if settings is None:
+        return None
+    from ganime_jax.data import embedded
+    return (f"the embedded {data.embedded.kind} dataset of config.data.embedded",
+            embedded.planned_splits(data.embedded.kind, **settings))
+
+
+def check_eval_split(config: ml_collections.ConfigDict) -> None:
+    """The held-out figures' split (`eval.split`) must be one the stage's dataset has, checked
+    before anything is built."""
+    known = _stage_splits(config)
+    if known is not None and config.eval.split not in known[1]:
+        what, splits = known
+        raise UserError(
+            f"config.eval.split={config.eval.split!r}, but {what} has only the splits {splits}: "
+            "pick one of them (--config.eval.split=...), or give the embedded dataset a "
+            "validation split (num_validation_episodes or num_validation_clips > 0 in the "
+            "stage-1 config's data.embedded; an existing dataset must be deleted to be rebuilt).")
 
 
 def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -62,6 +103,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> loo
     """Trains (or resumes) the config's stage in `workdir`, then reports held-out figures."""
     mesh = mesh_lib.make_mesh(config.mesh)
     check_config(config, mesh)
+    check_eval_split(config)
     if multihost.is_main_process():
         prepare_data(config)
     multihost.barrier("prepare_data")  # the others read what process 0 built

@@ -239,13 +239,13 @@ class GPTTask:
         if self._eval_batches is None:
             cfg = self.config
             name = tfds_io.variant_name(cfg.data.dataset, "tokens")
-            records = tfds_io.first_records(cfg.data.data_root, name, cfg.data.eval_split,
+            records = tfds_io.first_records(cfg.data.data_root, name, cfg.eval.split,
                                             min_frames=cfg.data.min_frames,
                                             count=cfg.eval.num_batches * cfg.eval.batch_size)
             clips = [r["tokens"][:cfg.data.max_frames] for r in records]
             if not clips:
                 raise UserError(f"no clip of {name} split "
-                                f"{cfg.data.eval_split!r} has min_frames={cfg.data.min_frames} "
+                                f"{cfg.eval.split!r} has min_frames={cfg.data.min_frames} "
                                 "frames to evaluate on.")
             size = -(-len(clips) // cfg.eval.batch_size) * cfg.eval.batch_size
             tokens = np.zeros((size, cfg.data.max_frames, cfg.model.frame_tokens), np.int32)
@@ -316,7 +316,7 @@ class SampleWriter:
             if not tfds_io.dataset_exists(cfg.data.data_root, name):
                 logging.warning("no %s in %s: no sample GIFs", name, cfg.data.data_root)
                 return None
-            records = tfds_io.first_records(cfg.data.data_root, name, cfg.data.eval_split,
+            records = tfds_io.first_records(cfg.data.data_root, name, cfg.eval.split,
                                             min_frames=length, count=cfg.sample.num_clips)
             if not records:
                 logging.warning("no %s clip has %d frames: no sample GIFs", name, length)

@@ -166,14 +166,14 @@ class VQGANTask:
 
     def evaluate(self, state: vqgan_step.VQGANState,
                  num_batches: int | None = None) -> dict[str, float]:
-        """Held-out reconstruction PSNR / LPIPS / L1 and codebook usage over the eval split.
+        """Held-out reconstruction PSNR / LPIPS / L1 and codebook usage over `eval.split`.
 
         Every host reads its shard; the sums are taken over the global batch, so all hosts
         report the figures of the whole evaluation set.
         """
         cfg = self.config
         num_batches = cfg.eval.num_batches if num_batches is None else num_batches
-        loader = self._loader(cfg.data.eval_split, cfg.eval.batch_size, shuffle=False,
+        loader = self._loader(cfg.eval.split, cfg.eval.batch_size, shuffle=False,
                               num_epochs=1)
         totals: dict[str, float] = {}
         counts = np.zeros((cfg.model.num_embeddings,), np.int64)
