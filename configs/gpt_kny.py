@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "test"
     config.data.min_frames = 15
     config.data.max_frames = 20  # longer clips are cropped to a random 20-frame window
+    # Training clips are cut to a random length from min_frames to max_frames (uniform) instead
+    # of the longest the clip allows: the countdown then varies apart from a frame's position,
+    # and short clips show arrivals at the last frame. Held-out figures keep the longest.
+    config.data.random_clip_lengths = False
     config.data.worker_count = 0
     config.data.worker_buffer_size = 2
     config.data.read_threads = 4

@@ -132,6 +132,35 @@ def test_clips_are_cropped_padded_and_short_ones_skipped(root):
     assert len(starts) > 1  # random windows, not always the first
 
 
+def test_random_lengths_cut_windows_of_every_allowed_length(tmp_path):
+    """Token clips of 20 frames (token value = 1 + frame index) cut to random windows of 3..8
+    frames; without random lengths every window is the longest, 8."""
+    def token_clips():
+        for index in range(16):
+            yield {"tokens": np.repeat(np.arange(1, 21, dtype=np.int16)[:, None], 2, axis=1),
+                   "n_frames": 20, "source": "ep", "shot_index": index, "clip_index": 0}
+
+    tfds_io.write_dataset(str(tmp_path), "toks", "tokens", {"train": token_clips()}, (2,),
+                          dtype="int16")
+
+    def batches(random_length: bool, seed: int = 3) -> list[dict]:
+        loader = pipeline.tokens_loader(
+            str(tmp_path), "toks", "train", global_batch_size=16, max_frames=8, min_frames=3,
+            random_length=random_length, options=options(seed=seed))
+        return list(itertools.islice(loader, 4))
+
+    cut = batches(True)
+    lengths = np.concatenate([b["n_frames"] for b in cut])
+    assert set(lengths.tolist()) == set(range(3, 9))  # 64 draws of 6 lengths: all occur
+    for batch in cut:
+        for clip, n in zip(batch["tokens"], batch["n_frames"]):
+            first = clip[0, 0]
+            np.testing.assert_array_equal(clip[:n, 0], first + np.arange(n))  # consecutive
+            assert not clip[n:].any() and first + n - 1 <= 20
+    assert [b["n_frames"].tolist() for b in batches(True)] == [b["n_frames"].tolist() for b in cut]
+    assert all((b["n_frames"] == 8).all() for b in batches(False))
+
+
 def test_clips_without_random_crop_take_the_first_window(root):
     batch = next(iter(clips(root, random_crop=False, global_batch_size=8)))
     assert (batch["frames"][:, 0, 0, 0, 1] == 1).all()

@@ -68,26 +68,32 @@ class _CropOrPad(grain.RandomMapTransform):
 
     Longer clips are cropped to a window of `max_frames` consecutive frames (at a random start
     drawn from grain's per-record rng, so a resumed pipeline draws the same window; at the start
-    when `random_crop` is False); shorter clips are zero-padded at the end. `n_frames` is the
-    number of real frames kept. The array is cast to `dtype` when given.
+    when `random_crop` is False); shorter clips are zero-padded at the end. With
+    `random_length` (a random crop only), the window's length is drawn too, uniformly from
+    `min_length` to the most the clip and `max_frames` allow. `n_frames` is the number of real
+    frames kept. The array is cast to `dtype` when given.
     """
 
     def __init__(self, max_frames: int, random_crop: bool, field: str = "frames",
-                 dtype: Any = None):
+                 dtype: Any = None, min_length: int | None = None):
         self.max_frames = max_frames
         self.random_crop = random_crop
         self.field = field
         self.dtype = dtype
+        self.min_length = min_length
 
     def random_map(
         self, element: dict[str, Any], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         frames = element[self.field]
+        window = min(frames.shape[0], self.max_frames)
+        if self.random_crop and self.min_length is not None and self.min_length < window:
+            window = int(rng.integers(self.min_length, window + 1))
         length = frames.shape[0]
-        if length > self.max_frames:
-            start = int(rng.integers(0, length - self.max_frames + 1)) if self.random_crop else 0
-            frames = frames[start : start + self.max_frames]
-            length = self.max_frames
+        if length > window:
+            start = int(rng.integers(0, length - window + 1)) if self.random_crop else 0
+            frames = frames[start : start + window]
+            length = window
         padded = np.zeros((self.max_frames, *frames.shape[1:]), dtype=self.dtype or frames.dtype)
         padded[:length] = frames
         return {self.field: padded, "n_frames": np.int32(length)}
@@ -304,12 +310,16 @@ def tokens_loader(
     min_frames: int,
     options: LoaderOptions,
     random_crop: bool = True,
+    random_length: bool = False,
 ) -> grain.DataLoader:
     """Batches {"tokens": (B, max_frames, h*w) int32, "n_frames": (B,) int32} of token clips.
 
-    Cropped/padded and filtered like `clips_loader`, from a "tokens" dataset.
+    Cropped/padded and filtered like `clips_loader`, from a "tokens" dataset; with
+    `random_length` each clip is cut to a window of a random length from `min_frames` to
+    `max_frames` (`_CropOrPad`), so that the countdown varies apart from a frame's position.
     """
-    crop = _CropOrPad(max_frames, random_crop, "tokens", np.int32)
+    crop = _CropOrPad(max_frames, random_crop, "tokens", np.int32,
+                      min_length=min_frames if random_length else None)
     return _clip_loader(
         data_root, name, split, "tokens", crop, min_frames, global_batch_size, options
     )

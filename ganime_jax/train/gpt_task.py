@@ -207,7 +207,7 @@ class GPTTask:
         loader = pipeline.tokens_loader(
             data.data_root, tfds_io.variant_name(data.dataset, "tokens"), data.train_split,
             global_batch_size=self.config.train.batch_size, max_frames=data.max_frames,
-            min_frames=data.min_frames,
+            min_frames=data.min_frames, random_length=data.random_clip_lengths,
             options=pipeline.LoaderOptions.from_config(data, self.config.seed))
         iterator = iter(loader)
         if data_state is not None:
