@@ -68,10 +68,10 @@ class _CropOrPad(grain.RandomMapTransform):
 
     Longer clips are cropped to a window of `max_frames` consecutive frames (at a random start
     drawn from grain's per-record rng, so a resumed pipeline draws the same window; at the start
-    when `random_crop` is False); shorter clips are zero-padded at the end. With
-    `random_length` (a random crop only), the window's length is drawn too, uniformly from
-    `min_length` to the most the clip and `max_frames` allow. `n_frames` is the number of real
-    frames kept. The array is cast to `dtype` when given.
+    when `random_crop` is False); shorter clips are zero-padded at the end. Given `min_length`
+    (and a random crop), the window's length is drawn too, uniformly from `min_length` to the
+    most the clip and `max_frames` allow. `n_frames` is the number of real frames kept. The
+    array is cast to `dtype` when given.
     """
 
     def __init__(self, max_frames: int, random_crop: bool, field: str = "frames",
@@ -86,10 +86,10 @@ class _CropOrPad(grain.RandomMapTransform):
         self, element: dict[str, Any], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         frames = element[self.field]
-        window = min(frames.shape[0], self.max_frames)
+        length = frames.shape[0]
+        window = min(length, self.max_frames)
         if self.random_crop and self.min_length is not None and self.min_length < window:
             window = int(rng.integers(self.min_length, window + 1))
-        length = frames.shape[0]
         if length > window:
             start = int(rng.integers(0, length - window + 1)) if self.random_crop else 0
             frames = frames[start : start + window]
