@@ -27,7 +27,8 @@ def _run(path: pathlib.Path, evals: list[tuple[int, float, float]], extra: str =
     return str(path)
 
 
-def test_each_run_is_a_line_against_hours_and_a_resume_keeps_the_later_record(tmp_path):
+def test_each_run_is_a_line_against_hours_and_a_resume_keeps_the_later_record(tmp_path,
+                                                                               monkeypatch):
     # Run a was killed after its step-1000 eval and resumed from step 500: step 1000 was
     # evaluated again, later; the killed run's last line is cut short.
     a = _run(tmp_path / "a", [(500, 1800, 15.0), (1000, 3600, 16.0), (1000, 4000, 17.0),
@@ -45,8 +46,20 @@ def test_each_run_is_a_line_against_hours_and_a_resume_keeps_the_later_record(tm
     steps = learning_curves.curves_figure(runs, ["psnr"], "step").axes[0].get_lines()[1]
     np.testing.assert_allclose(steps.get_data()[0], [500, 1000])
 
+    # Each run is labelled with the split its held-out figures read: eval.split, or
+    # data.eval_split for a run older than that field; nothing without a config.json.
+    (pathlib.Path(a) / "config.json").write_text(json.dumps(
+        {"data": {"eval_split": "test"}, "eval": {"split": "validation"}}))
+    (pathlib.Path(b) / "config.json").write_text(json.dumps({"data": {"eval_split": "test"}}))
+    assert [learning_curves.held_out_split(w) for w in (a, b, tmp_path)] == [
+        "validation", "test", None]
+    drawn = []
+    figure_of = learning_curves.curves_figure
+    monkeypatch.setattr(learning_curves, "curves_figure",
+                        lambda runs, *args: drawn.append(list(runs)) or figure_of(runs, *args))
     out = learning_curves.write_curves([a, b], tmp_path / "plots" / "curves.png",
                                        labels=["run a", "run b"], x="cpu")
+    assert drawn == [["run a (validation)", "run b (test)"]]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]
 

@@ -4,11 +4,13 @@
         --out=curves.png [--metrics=psnr,lpips] [--x=wall|cpu|step] [--title=TEXT]
 
 One panel per metric, one line per run, a point per evaluation (records of split "eval"; after
-a resume the later record of a step wins). The x axis is the run's summed wall-clock or CPU
+a resume the later record of a step wins), each run labelled with the data split its held-out
+figures read (its config.json's `eval.split`; `data.eval_split` for runs older than that field). The x axis is the run's summed wall-clock or CPU
 time in hours (`train.loop.TrainingClock`, kept across resumes) or its step. So a reader sees
 what budget a configuration needs and whether it was still improving when it stopped.
 """
 import argparse
+import json
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ganime_jax.checkpointing import CONFIG_FILENAME
 from ganime_jax.errors import UserError, exit_on_user_error
 from ganime_jax.evaluation.report import PLOT_DPI, atomic_write
 from ganime_jax.train.summary import METRICS_FILENAME, read_metrics
@@ -41,6 +44,18 @@ def eval_curves(workdir: str | pathlib.Path) -> list[dict]:
         raise UserError(f"{path} has no held-out evaluation yet (no records of split "
                         f"'{EVAL_SPLIT}'): train until config.eval.every steps have run.")
     return [records[step] for step in sorted(records)]
+
+
+def held_out_split(workdir: str | pathlib.Path) -> str | None:
+    """The data split a run's held-out figures read, from its config.json (None without one)."""
+    path = pathlib.Path(workdir) / CONFIG_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    return config.get("eval", {}).get("split") or config.get("data", {}).get("eval_split")
 
 
 def default_metrics(runs: dict[str, list[dict]]) -> list[str]:
@@ -91,7 +106,9 @@ def write_curves(workdirs: Sequence[str], out: str | pathlib.Path, metrics: Sequ
     names = list(labels) or [pathlib.Path(w).name for w in workdirs]
     if len(set(names)) != len(names):
         raise UserError(f"two runs share the label {names}: give --label for each --workdir.")
-    runs = {name: eval_curves(workdir) for name, workdir in zip(names, workdirs)}
+    splits = [held_out_split(workdir) for workdir in workdirs]
+    runs = {f"{name} ({split})" if split else name: eval_curves(workdir)
+            for name, workdir, split in zip(names, workdirs, splits)}
     metrics = list(metrics) or default_metrics(runs)
     if not metrics:
         raise UserError("the runs share no numeric eval metric: pass --metrics.")
