@@ -5,9 +5,10 @@
 
 One panel per metric, one line per run, a point per evaluation (records of split "eval"; after
 a resume the later record of a step wins), each run labelled with the data split its held-out
-figures read (its config.json's `eval.split`; `data.eval_split` for runs older than that field). The x axis is the run's summed wall-clock or CPU
-time in hours (`train.loop.TrainingClock`, kept across resumes) or its step. So a reader sees
-what budget a configuration needs and whether it was still improving when it stopped.
+figures read (its config.json's `eval.split`; `data.eval_split` for runs older than that
+field). The x axis is the run's summed wall-clock or CPU time in hours
+(`train.loop.TrainingClock`, kept across resumes) or its step. So a reader sees what budget a
+configuration needs and whether it was still improving when it stopped.
 """
 import argparse
 import json
