@@ -22,6 +22,7 @@ _FLAG_HELP = {
     "num_train_episodes": "synthetic_anime: train episodes.",
     "num_test_episodes": "synthetic_anime: test episodes.",
     "num_validation_episodes": "synthetic_anime: validation episodes (0: no validation split).",
+    "num_extra_train_episodes": "synthetic_anime: train episodes rendered after the held-out ones.",
     "shots_per_episode": "synthetic_anime: shots per episode.",
     "min_drawings": "synthetic_anime: fewest drawings in a shot.",
     "max_drawings": "synthetic_anime: most drawings in a shot.",

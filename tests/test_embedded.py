@@ -62,18 +62,22 @@ def test_ensure_skips_existing_and_rejects_other_settings(anime_root, monkeypatc
         embedded.ensure_embedded_dataset(str(anime_root), "toon", kind="kinetics")
 
 
-def test_validation_episodes_come_after_and_leave_train_and_test_alone(anime_root, tmp_path):
+def test_validation_and_extra_train_episodes_come_after_and_leave_the_others_alone(anime_root, tmp_path):
     embedded.ensure_embedded_dataset(str(tmp_path), "toon", kind="synthetic_anime", **ANIME,
-                                     num_validation_episodes=1)
-    def ordered(root, split):
-        clips = _read_all(root, "toon_clips", split)
+                                     num_validation_episodes=1, num_extra_train_episodes=1)
+    def ordered(root, split, sources=None):
+        clips = [c for c in _read_all(root, "toon_clips", split) if sources is None or c["source"] in sources]
         return sorted(clips, key=lambda clip: (clip["source"], clip["shot_index"], clip["clip_index"]))
 
-    for split in ("train", "test"):
+    first_train = {"episode_0000", "episode_0001"}
+    for split, sources in (("train", first_train), ("test", None)):
         assert all(np.array_equal(a["frames"], b["frames"]) for a, b in zip(
-            ordered(anime_root, split), ordered(tmp_path, split), strict=True))
+            ordered(anime_root, split), ordered(tmp_path, split, sources), strict=True))
     validation = _read_all(tmp_path, "toon_clips", "validation")
     assert validation and {c["source"] for c in validation} == {"episode_0003"}
+    train_sources = {c["source"] for c in _read_all(tmp_path, "toon_clips", "train")}
+    assert train_sources - first_train == {"episode_0004"}
+    assert tfds_io.read_metadata(str(tmp_path), "toon_clips")["settings"]["num_extra_train_episodes"] == 1
     assert tfds_io.split_names(str(anime_root), "toon_clips") == ["train", "test"]
     # What a config will build is known before it is built (training checks eval.split so).
     assert embedded.planned_splits("synthetic_anime", **ANIME) == ["train", "test"]
@@ -81,6 +85,8 @@ def test_validation_episodes_come_after_and_leave_train_and_test_alone(anime_roo
         tfds_io.split_names(str(tmp_path), "toon_clips") == ["train", "test", "validation"]
     with pytest.raises(UserError, match="num_validation_episodes=-1"):
         embedded.build_synthetic_anime(str(tmp_path / "bad"), **ANIME, num_validation_episodes=-1)
+    with pytest.raises(UserError, match="num_extra_train_episodes=-1"):
+        embedded.build_synthetic_anime(str(tmp_path / "bad"), **ANIME, num_extra_train_episodes=-1)
 
 
 def test_a_dataset_built_before_a_setting_existed_has_its_default(anime_root, monkeypatch):

@@ -50,6 +50,7 @@ def build_synthetic_anime(
     num_train_episodes: int = 60,
     num_test_episodes: int = 6,
     num_validation_episodes: int = 0,
+    num_extra_train_episodes: int = 0,
     shots_per_episode: int = 20,
     min_drawings: int = 15,
     max_drawings: int = 40,
@@ -60,11 +61,18 @@ def build_synthetic_anime(
     max_frames: int = 25,
     held_threshold: float = 0.01,
 ) -> dict[str, int]:
-    """Render episodes, drop held frames, cut clips, write both datasets; returns the counts."""
+    """Render episodes, drop held frames, cut clips, write both datasets; returns the counts.
+
+    Episodes are numbered train, test, validation, then `num_extra_train_episodes` more train
+    episodes, each rendered from its own seed: a larger training set keeps the held-out splits
+    of the same `seed`, `num_train_episodes` and `num_test_episodes`.
+    """
     if num_train_episodes < 1 or num_test_episodes < 1 or shots_per_episode < 1:
         raise UserError("synthetic_anime needs at least 1 train episode, 1 test episode and 1 shot each.")
-    if num_validation_episodes < 0:
-        raise UserError(f"num_validation_episodes={num_validation_episodes}: use 0 (no validation split) or more.")
+    for setting, value in (("num_validation_episodes", num_validation_episodes),
+                           ("num_extra_train_episodes", num_extra_train_episodes)):
+        if value < 0:
+            raise UserError(f"{setting}={value}: use 0 (none) or more.")
     settings_args = {k: v for k, v in locals().items() if k not in ("data_root", "name")}
     clip_settings = ClipSettings(
         height=height, width=width, min_frames=min_frames, max_frames=max_frames, held_threshold=held_threshold
@@ -75,7 +83,8 @@ def build_synthetic_anime(
     counts = dict.fromkeys(COUNT_KEYS, 0)
     first_episode = {"train": 0, "test": num_train_episodes,
                      "validation": num_train_episodes + num_test_episodes}
-    num_episodes = first_episode["validation"] + num_validation_episodes
+    first_extra_train = first_episode["validation"] + num_validation_episodes
+    num_episodes = first_extra_train + num_extra_train_episodes
     splits: dict[str, list[tuple[str, str]]] = {
         split: [] for split in SPLITS if split != "validation" or num_validation_episodes}
     for episode in tqdm(range(num_episodes), desc=f"{name}: render episodes", unit="episode"):
@@ -91,7 +100,7 @@ def build_synthetic_anime(
         stage = stage_dir / f"{source}.npz"
         clips.save(stage)
         if clips.num_clips:
-            split = ("train" if episode < first_episode["test"] else
+            split = ("train" if episode < first_episode["test"] or episode >= first_extra_train else
                      "test" if episode < first_episode["validation"] else "validation")
             splits[split].append((source, str(stage)))
     metadata = {"builder": "synthetic_anime", "settings": settings_args, "summary": counts}
