@@ -33,6 +33,7 @@ from ganime_jax.errors import UserError
 from ganime_jax.tokenizer import GEN_PARAMS
 
 MANIFEST_FORMAT = 1
+COMPUTE_DTYPES = ("", "float32", "bfloat16")  # "": the training run's
 
 
 def _example_clip(config: ml_collections.ConfigDict, index: int) -> np.ndarray:
@@ -45,6 +46,27 @@ def _example_clip(config: ml_collections.ConfigDict, index: int) -> np.ndarray:
                         f"{len(clips)} clips of >= {config.sample.num_frames} frames; pass "
                         f"--example_clip < {len(clips)}.")
     return clips[index]
+
+
+def _check_same_heldout(config: ml_collections.ConfigDict, heldout_dataset: str) -> None:
+    """`heldout_dataset`'s eval split must hold the clips of the run's own, where the run's is
+    at hand (same count, same first and last clip): a larger copy of a dataset may stand in
+    for it, another dataset may not."""
+    root, split = config.data.data_root, config.data.eval_split
+    names = [tfds_io.variant_name(name, "clips")
+             for name in (config.data.dataset, heldout_dataset)]
+    if not tfds_io.dataset_exists(root, names[1]):
+        raise UserError(f"--heldout_dataset={heldout_dataset}: no {names[1]} in {root}; build it "
+                        "first (an embedded dataset: `python -m data_prep.embedded`).")
+    if not tfds_io.dataset_exists(root, names[0]):
+        return
+    own, other = (tfds_io.open_split(root, name, split) for name in names)
+    same = len(own) == len(other) and len(own) > 0 and all(
+        np.array_equal(own[i]["frames"], other[i]["frames"]) for i in (0, len(own) - 1))
+    if not same:
+        raise UserError(f"--heldout_dataset={heldout_dataset}: its {split} split is not the one "
+                        f"of the run's {config.data.dataset} ({len(other)} against {len(own)} "
+                        "clips, or other frames); give a dataset with the same held-out clips.")
 
 
 def _check_trained_tokenizer(config: ml_collections.ConfigDict, fingerprint: str,
@@ -90,8 +112,12 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
 
 def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir: pathlib.Path,
            vqgan_workdir: pathlib.Path, example_clip: int, sample_settings: Sequence[str],
-           command: str) -> None:
-    clip = _example_clip(config, example_clip)
+           compute_dtype: str, heldout_dataset: str, command: str) -> None:
+    bundled = ml_collections.ConfigDict(config.to_dict())
+    if heldout_dataset:
+        _check_same_heldout(config, heldout_dataset)
+        bundled.data.dataset = heldout_dataset
+    clip = _example_clip(bundled, example_clip)
     source_config = ml_collections.ConfigDict(config.to_dict())
     source_config.tokenizer.workdir = str(vqgan_workdir)
     generator = sample.load_generator(source_config, gpt_workdir)
@@ -99,13 +125,14 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     fingerprint = tokenizer.fingerprint()
     _check_trained_tokenizer(config, fingerprint, vqgan_workdir)
 
-    bundled = ml_collections.ConfigDict(config.to_dict())
     bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
     bundled.data.data_root = bundle.DATA_ROOT
     bundle.add_missing_sample_fields(bundled)  # a run saved before them
     config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
                                  ("sample",))
     generation.check_choice(method=bundled.sample.method, **sample.choice(bundled))
+    if compute_dtype:
+        bundled.model.gpt.dtype = compute_dtype
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
                                           {GEN_PARAMS: tokenizer.params}, tokenizer.config)
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,
@@ -127,7 +154,7 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
         "gpt": {"source_workdir": str(gpt_workdir.absolute()), "step": generator.step,
                 "parameters": _count(generator.params)},
         "tokenizer_fingerprint": fingerprint,
-        "example": {"dataset": config.data.dataset, "split": config.data.eval_split,
+        "example": {"dataset": bundled.data.dataset, "split": config.data.eval_split,
                     "clip": example_clip, "num_frames": config.sample.num_frames},
     }
     (staging / bundle.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -135,12 +162,20 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
 
 def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                   vqgan_workdir: str | pathlib.Path | None = None, example_clip: int = 0,
-                  sample_settings: Sequence[str] = (), overwrite: bool = False,
+                  sample_settings: Sequence[str] = (), compute_dtype: str = "",
+                  heldout_dataset: str = "", overwrite: bool = False,
                   command: str = "") -> pathlib.Path:
     """Writes the bundle of `gpt_workdir`'s newest GPT and its tokenizer (by default the
     run's `tokenizer.workdir`) to `out`; returns `out`. `sample_settings` ("field=value" of
-    `config.sample`) change how the bundle samples, e.g. "candidates=4"; `command` is
-    recorded as provenance."""
+    `config.sample`) change how the bundle samples, e.g. "candidates=4"; `compute_dtype`
+    ("": the run's) is the GPT's activation dtype when sampling (a GPT trained in bfloat16 on
+    an accelerator samples faster in float32 on CPUs without bfloat16 dots);
+    `heldout_dataset` ("": the run's `data.dataset`) names the clips dataset whose held-out
+    split the bundle's eval and example frames read, for a run that trained on a larger copy
+    of it (the same held-out clips, checked); `command` is recorded as provenance."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise UserError(f"compute dtype {compute_dtype!r}: choose one of {COMPUTE_DTYPES[1:]} "
+                        "or leave it empty for the training run's.")
     out, gpt_workdir = pathlib.Path(out), pathlib.Path(gpt_workdir)
     _check_out(out, overwrite)
     writable.check_folder(out.parent, "the folder of --out")
@@ -152,7 +187,7 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
         vqgan_workdir = config.tokenizer.workdir
     with writable.staged_folder(out) as staging:
         _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip,
-               sample_settings, command)
+               sample_settings, compute_dtype, heldout_dataset, command)
     return out
 
 
@@ -169,6 +204,11 @@ def define_flags() -> None:
                          "config.sample.num_frames frames) gives first.png and last.png.")
     flags.DEFINE_multi_string("sample", [], "field=value of the bundled config.sample (how "
                               "the bundle samples), e.g. --sample=candidates=4; repeatable.")
+    flags.DEFINE_string("compute_dtype", "", "The GPT's activation dtype when the bundle "
+                        "samples: float32 or bfloat16 (default: the training run's).")
+    flags.DEFINE_string("heldout_dataset", "", "The clips dataset whose held-out split the "
+                        "bundle's eval and example frames read (default: the GPT run's "
+                        "data.dataset), for a run trained on a larger copy of it.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --out.")
 
 
@@ -181,7 +221,9 @@ def main(argv: Sequence[str]) -> None:
     command = shlex.join(["python", "-m", "ganime_jax.export", *sys.argv[1:]])
     out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
                         example_clip=FLAGS.example_clip, sample_settings=FLAGS.sample,
-                        overwrite=FLAGS.overwrite, command=command)
+                        compute_dtype=FLAGS.compute_dtype,
+                        heldout_dataset=FLAGS.heldout_dataset, overwrite=FLAGS.overwrite,
+                        command=command)
     print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
 
 

@@ -327,6 +327,39 @@ def test_export_refuses_to_overwrite_unless_asked(runs):
     assert sorted(p.name for p in root.iterdir()) == ["datasets", "demo", "gpt_run"]
 
 
+def test_export_for_a_run_trained_on_a_larger_copy_of_its_dataset(runs, tmp_path, monkeypatch):
+    """`heldout_dataset` points the bundle's eval and example at a dataset with the run's
+    held-out clips (checked); `compute_dtype` sets the bundled GPT's activation dtype."""
+    root = runs["config"].data.data_root
+    own = tfds_io.variant_name(runs["config"].data.dataset, "clips")
+    for name in ("copy", "other"):
+        shutil.copytree(tfds_io.dataset_path(root, own), tfds_io.dataset_path(root, f"{name}_clips"))
+    out = export.export_bundle(runs["gpt"], tmp_path / "copy", heldout_dataset="copy",
+                               compute_dtype="bfloat16", example_clip=EXAMPLE_CLIP)
+    config = bundle.load_sample_run(out).config
+    assert (config.data.dataset, config.model.gpt.dtype) == ("copy", "bfloat16")
+    assert json.loads((out / bundle.MANIFEST).read_text())["example"]["dataset"] == "copy"
+    for name in (bundle.FIRST_FRAME, bundle.LAST_FRAME):
+        assert (out / name).read_bytes() == (runs["out"] / name).read_bytes()
+    open_split = tfds_io.open_split
+
+    def one_clip_fewer(data_root, name, split):
+        source = open_split(data_root, name, split)
+        return [source[i] for i in range(len(source) - 1)] if name == "other_clips" else source
+
+    monkeypatch.setattr(tfds_io, "open_split", one_clip_fewer)
+    _raises("--heldout_dataset=other: its test split is not the one of the run's",
+            export.export_bundle, runs["gpt"], tmp_path / "other", heldout_dataset="other")
+    _raises("--heldout_dataset=missing: no missing_clips", export.export_bundle, runs["gpt"],
+            tmp_path / "missing", heldout_dataset="missing")
+    done = _export_cli(f"--gpt_workdir={runs['gpt']}", f"--out={tmp_path / 'half'}",
+                       "--compute_dtype=float16")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: compute dtype 'float16': choose one of ('float32', 'bfloat16') or leave it empty "
+        "for the training run's."]
+    assert not any((tmp_path / name).exists() for name in ("other", "missing", "half"))
+
+
 def test_export_of_a_run_saved_before_the_sampling_fields(runs, tmp_path, monkeypatch):
     read_config = checkpointing.read_config
 
