@@ -133,8 +133,10 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     generation.check_choice(method=bundled.sample.method, **sample.choice(bundled))
     if compute_dtype:
         bundled.model.gpt.dtype = compute_dtype
+    # The config beside the tokenizer's checkpoint: a bundle's may have been amended since.
     checkpointing.write_params_checkpoint(staging / bundle.VQGAN_DIR, tokenizer.step,
-                                          {GEN_PARAMS: tokenizer.params}, tokenizer.config)
+                                          {GEN_PARAMS: tokenizer.params},
+                                          bundle.tokenizer_config(vqgan_workdir))
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,
                                           {sample.PARAMS_FIELD: generator.params}, bundled)
     Image.fromarray(clip[0]).save(staging / bundle.FIRST_FRAME)

@@ -334,10 +334,17 @@ def test_export_for_a_run_trained_on_a_larger_copy_of_its_dataset(runs, tmp_path
     own = tfds_io.variant_name(runs["config"].data.dataset, "clips")
     for name in ("copy", "other"):
         shutil.copytree(tfds_io.dataset_path(root, own), tfds_io.dataset_path(root, f"{name}_clips"))
+    # Its tokenizer may come from a bundle, whose amended tokenizer config it keeps.
+    tokenizer = shutil.copytree(runs["out"] / bundle.VQGAN_DIR, tmp_path / "tokenizer")
+    amended = json.loads((tokenizer / checkpointing.CONFIG_FILENAME).read_text())
+    amended["data"]["eval_split"] = "amended"
+    (tokenizer / checkpointing.CONFIG_FILENAME).write_text(json.dumps(amended))
     out = export.export_bundle(runs["gpt"], tmp_path / "copy", heldout_dataset="copy",
-                               compute_dtype="bfloat16", example_clip=EXAMPLE_CLIP)
+                               compute_dtype="bfloat16", example_clip=EXAMPLE_CLIP,
+                               vqgan_workdir=tokenizer)
     config = bundle.load_sample_run(out).config
     assert (config.data.dataset, config.model.gpt.dtype) == ("copy", "bfloat16")
+    assert bundle.tokenizer_config(out / bundle.VQGAN_DIR).data.eval_split == "amended"
     assert json.loads((out / bundle.MANIFEST).read_text())["example"]["dataset"] == "copy"
     for name in (bundle.FIRST_FRAME, bundle.LAST_FRAME):
         assert (out / name).read_bytes() == (runs["out"] / name).read_bytes()
