@@ -89,6 +89,27 @@ def test_validation_and_extra_train_episodes_come_after_and_leave_the_others_alo
         embedded.build_synthetic_anime(str(tmp_path / "bad"), **ANIME, num_extra_train_episodes=-1)
 
 
+def test_episodes_rendered_in_several_processes_make_the_same_dataset(anime_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "RENDER_PROCESSES", 2)
+    monkeypatch.setattr(embedded, "EPISODES_PER_PROCESS", 1)
+    spawned = []
+    context = embedded.multiprocessing.get_context
+
+    def counting_context(method):
+        spawned.append(method)
+        return context(method)
+
+    monkeypatch.setattr(embedded.multiprocessing, "get_context", counting_context)
+    embedded.ensure_embedded_dataset(str(tmp_path), "toon", kind="synthetic_anime", **ANIME)
+    assert spawned == ["spawn"]
+    for split in ("train", "test"):
+        for kind in ("clips", "frames"):
+            built, serial = (_read_all(root, f"toon_{kind}", split) for root in (tmp_path, anime_root))
+            assert len(built) == len(serial) > 0
+            key = "frames" if kind == "clips" else "frame"
+            assert all(np.array_equal(a[key], b[key]) for a, b in zip(built, serial))
+
+
 def test_a_dataset_built_before_a_setting_existed_has_its_default(anime_root, monkeypatch):
     stored = tfds_io.read_metadata(str(anime_root), "toon_clips")
     del stored["settings"]["num_validation_episodes"]

@@ -20,7 +20,11 @@ Built on first use by a training run (`ensure_embedded_dataset`) or by
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
+import multiprocessing
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +46,50 @@ SPLITS = ("train", "test", "validation")
 def _sub_seed(seed: int, *path: int) -> int:
     """An independent seed for item `path` of a build seeded with `seed`."""
     return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+
+
+# Processes that render synthetic-anime episodes (None: one per core), each given at least
+# EPISODES_PER_PROCESS episodes (a process's start, about 3 s, renders some 15 episodes). Each
+# episode is drawn from its own seed, so the dataset does not depend on either.
+RENDER_PROCESSES: int | None = None
+EPISODES_PER_PROCESS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpisodeJob:
+    episode: int
+    seed: int
+    shots: int
+    min_drawings: int
+    max_drawings: int
+    config: SyntheticAnimeConfig
+    clip_settings: ClipSettings
+    stage_dir: str
+
+
+def _render_episode(job: _EpisodeJob) -> tuple[int, str, int, dict[str, int]]:
+    """Renders one episode, cuts its clips and stages them: (episode, staged file, clips,
+    counts)."""
+    cutter, num_frames = ClipCutter(job.clip_settings), 0
+    for shot in iter_episode_shots(job.seed, job.shots, job.config, job.min_drawings, job.max_drawings):
+        cutter.add_shot(shot.frames, num_frames)
+        num_frames += len(shot.frames)
+    clips = cutter.result(num_frames)
+    stage = Path(job.stage_dir) / f"episode_{job.episode:04d}.npz"
+    clips.save(stage)
+    return job.episode, str(stage), clips.num_clips, clips.counts()
+
+
+@contextlib.contextmanager
+def _episode_results(jobs: list[_EpisodeJob]) -> Iterator[Iterator[tuple]]:
+    """`_render_episode` of each job, in order: in this process, or in a pool of fresh
+    ("spawn") processes when several cores are there (a forked JAX process can deadlock)."""
+    processes = min(RENDER_PROCESSES or os.cpu_count() or 1, len(jobs) // EPISODES_PER_PROCESS)
+    if processes <= 1:
+        yield map(_render_episode, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        yield pool.imap(_render_episode, jobs)
 
 
 def build_synthetic_anime(
@@ -87,22 +135,18 @@ def build_synthetic_anime(
     num_episodes = first_extra_train + num_extra_train_episodes
     splits: dict[str, list[tuple[str, str]]] = {
         split: [] for split in SPLITS if split != "validation" or num_validation_episodes}
-    for episode in tqdm(range(num_episodes), desc=f"{name}: render episodes", unit="episode"):
-        cutter, num_frames = ClipCutter(clip_settings), 0
-        shots = iter_episode_shots(_sub_seed(seed, episode), shots_per_episode, config, min_drawings, max_drawings)
-        for shot in shots:
-            cutter.add_shot(shot.frames, num_frames)
-            num_frames += len(shot.frames)
-        clips = cutter.result(num_frames)
-        for key, value in clips.counts().items():
-            counts[key] += value
-        source = f"episode_{episode:04d}"
-        stage = stage_dir / f"{source}.npz"
-        clips.save(stage)
-        if clips.num_clips:
-            split = ("train" if episode < first_episode["test"] or episode >= first_extra_train else
-                     "test" if episode < first_episode["validation"] else "validation")
-            splits[split].append((source, str(stage)))
+    jobs = [_EpisodeJob(episode, _sub_seed(seed, episode), shots_per_episode, min_drawings,
+                        max_drawings, config, clip_settings, str(stage_dir))
+            for episode in range(num_episodes)]
+    with _episode_results(jobs) as results:
+        for episode, stage, num_clips, clip_counts in tqdm(
+                results, total=num_episodes, desc=f"{name}: render episodes", unit="episode"):
+            for key, value in clip_counts.items():
+                counts[key] += value
+            if num_clips:
+                split = ("train" if episode < first_episode["test"] or episode >= first_extra_train else
+                         "test" if episode < first_episode["validation"] else "validation")
+                splits[split].append((Path(stage).stem, stage))
     metadata = {"builder": "synthetic_anime", "settings": settings_args, "summary": counts}
     write_staged_datasets(data_root, name, splits, clip_settings, f"{name} (synthetic episodes).", metadata)
     shutil.rmtree(stage_dir, ignore_errors=True)
