@@ -82,8 +82,9 @@ def _render_episode(job: _EpisodeJob) -> tuple[int, str, int, dict[str, int]]:
 
 @contextlib.contextmanager
 def _episode_results(jobs: list[_EpisodeJob]) -> Iterator[Iterator[tuple]]:
-    """`_render_episode` of each job, in order: in this process, or in a pool of fresh
-    ("spawn") processes when several cores are there (a forked JAX process can deadlock)."""
+    """`_render_episode` of each job, in order: in a pool of fresh ("spawn": a forked JAX
+    process can deadlock) processes when there are several cores and enough episodes for
+    more than one, else in this process."""
     processes = min(RENDER_PROCESSES or os.cpu_count() or 1, len(jobs) // EPISODES_PER_PROCESS)
     if processes <= 1:
         yield map(_render_episode, jobs)
