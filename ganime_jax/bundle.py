@@ -16,7 +16,6 @@ folder (the export writes `"vqgan"`), so a bundle works from any current directo
 being moved; `load_sample_run` resolves it.
 """
 import dataclasses
-import json
 import pathlib
 
 import ml_collections
@@ -32,6 +31,8 @@ GPT_DIR = "gpt"
 FIRST_FRAME = "first.png"
 LAST_FRAME = "last.png"
 MANIFEST = "bundle.json"
+# How to mend a bundle whose config cannot be read.
+_EXPORT_AGAIN = "; export the bundle again."
 # Samples of a bundle go to <OUTPUT_ROOT>/<bundle folder name>_sample (its evaluations to
 # ..._eval), relative to the current directory (like the default workdirs), never inside the
 # bundle or the package.
@@ -83,7 +84,7 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
             f"{checkpointing.CONFIG_FILENAME}); export one with "
             f"`{EXPORT_COMMAND.format(bundle_dir)}`, or pass the --config and --workdir of a "
             "trained stage-2 run.")
-    config = _read_config_json(config_path, "the bundle config")
+    config = checkpointing.read_config_file(config_path, "the bundle config", _EXPORT_AGAIN)
     if config.get("stage") != "gpt" or not config.get("tokenizer", {}).get("workdir"):
         raise UserError(f"{config_path} is not a stage-2 (gpt) config with a tokenizer.workdir; "
                         "export the bundle again.")
@@ -103,15 +104,7 @@ def tokenizer_config(tokenizer_dir: pathlib.Path) -> ml_collections.ConfigDict:
     path = tokenizer_dir / checkpointing.CONFIG_FILENAME
     if not path.is_file():
         return checkpointing.read_config(tokenizer_dir)
-    return _read_config_json(path, "the bundle's tokenizer config")
-
-
-def _read_config_json(path: pathlib.Path, what: str) -> ml_collections.ConfigDict:
-    """A bundle's config file; one error line naming `what` if it cannot be read."""
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {what} {path}: {error}; export the bundle again.") from None
+    return checkpointing.read_config_file(path, "the bundle's tokenizer config", _EXPORT_AGAIN)
 
 
 def load_eval_run(bundle_dir: str | pathlib.Path, overrides: list[str]) -> SampleRun:

@@ -199,6 +199,15 @@ def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
     tmp.replace(path)
 
 
+def read_config_file(path: pathlib.Path, what: str, hint: str = "") -> ml_collections.ConfigDict:
+    """A config.json as `write_config` writes it (a run's, or a bundle's); one error line naming
+    `what`, then `hint`, if it cannot be read."""
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {what} {path}: {error}{hint}") from None
+
+
 @contextlib.contextmanager
 def newest(workdir: str | pathlib.Path, what: str, hint: str, *,
            this_process: bool = True) -> Iterator[tuple[ocp.CheckpointManager, int]]:

@@ -11,7 +11,6 @@ field). The x axis is the run's summed wall-clock or CPU time in hours
 configuration needs and whether it was still improving when it stopped.
 """
 import argparse
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ganime_jax.checkpointing import CONFIG_FILENAME
+from ganime_jax.checkpointing import CONFIG_FILENAME, read_config_file
 from ganime_jax.errors import UserError, exit_on_user_error
 from ganime_jax.evaluation.report import PLOT_DPI, atomic_write
 from ganime_jax.train.summary import METRICS_FILENAME, read_metrics
@@ -52,10 +51,7 @@ def held_out_split(workdir: str | pathlib.Path) -> str | None:
     path = pathlib.Path(workdir) / CONFIG_FILENAME
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
+    config = read_config_file(path, "the run's config")
     return config.get("eval", {}).get("split") or config.get("data", {}).get("eval_split")
 
 
