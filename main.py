@@ -101,9 +101,9 @@ def main(argv: list[str]) -> None:
         elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
             raise UserError("--coordinator_address, --num_processes and --process_id need "
                             "--multihost.")
-        from configs import gpt_kny, vqgan_kny
+        from configs import gpt_kny, refiner_demo, vqgan_kny
         # The complete reference config of each stage: every config of it has these fields.
-        references = {"vqgan": vqgan_kny, "gpt": gpt_kny}
+        references = {"vqgan": vqgan_kny, "gpt": gpt_kny, "refiner": refiner_demo}
         run = cli.resolve_run(_MODE.value, flags.FLAGS["config"], workdir=_WORKDIR.value,
                               bundle_dir=_BUNDLE.value, first=_FIRST.value, last=_LAST.value,
                               bundle_overrides=_BUNDLE_OVERRIDES, references=references)

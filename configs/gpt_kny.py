@@ -145,6 +145,9 @@ def get_config() -> ml_collections.ConfigDict:
     # so "both" costs one forward draw's sampling (two whole draws with candidates kept by
     # arrival).
     config.sample.direction = "forward"
+    # A stage-3 refiner workdir (configs/refiner_demo.py): refines the decoded in-betweens with
+    # the two given frames; "" decodes them plainly. Relative in a bundle: to the bundle folder.
+    config.sample.refiner_workdir = ""
     config.sample.seed = 0
     config.sample.num_frames = 20  # default clip length of --mode=sample
     config.sample.num_clips = 4  # held-out clips in a GIF / grid

@@ -7,13 +7,15 @@ names another). Layout of a bundle folder:
     vqgan/                 stage-1 workdir: checkpoints/<step>/ (state = {"gen_params"}, config)
     gpt/                   stage-2 workdir: checkpoints/<step>/ (state = {"params"}, config)
                            and config.json, the GPT config that sampling uses
+    refiner/               optional stage-3 workdir (state = {"params"}, config): refines the
+                           decoded in-betweens; the GPT config's sample.refiner_workdir names it
     first.png, last.png    the first and last frame of a held-out clip
     bundle.json            provenance: source workdirs and steps, tokenizer fingerprint, command
 
 Both workdirs read with the ordinary loaders (`load_tokenizer`, `sample.load_generator`).
 Path rule: a relative `tokenizer.workdir` in the bundled GPT config is relative to the bundle
-folder (the export writes `"vqgan"`), so a bundle works from any current directory and after
-being moved; `load_sample_run` resolves it.
+folder (the export writes `"vqgan"`), as is `sample.refiner_workdir` (`"refiner"`), so a bundle
+works from any current directory and after being moved; `load_sample_run` resolves them.
 """
 import dataclasses
 import pathlib
@@ -28,6 +30,7 @@ from ganime_jax.train import entry
 DEMO_BUNDLE = pathlib.Path(__file__).resolve().parent / "assets" / "demo"
 VQGAN_DIR = "vqgan"
 GPT_DIR = "gpt"
+REFINER_DIR = "refiner"
 FIRST_FRAME = "first.png"
 LAST_FRAME = "last.png"
 MANIFEST = "bundle.json"
@@ -45,8 +48,9 @@ DATA_ROOT = "datasets"
 EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample", "data.eval_split")
 # `sample` fields added after bundles were first exported, with the values that reproduce how
 # an older bundle sampled: filled in on load so that --config.sample.<field> can set them.
-# All are `generation.generate_frames` keywords (`sample.choice`).
-SAMPLE_FIELDS_SINCE = {"candidates": 1, "selection": "arrival", "direction": "forward"}
+# The choice fields are `generation.generate_frames` keywords (`sample.choice`).
+CHOICE_FIELDS_SINCE = {"candidates": 1, "selection": "arrival", "direction": "forward"}
+SAMPLE_FIELDS_SINCE = {**CHOICE_FIELDS_SINCE, "refiner_workdir": ""}
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
                   "--gpt_workdir=workdirs/gpt_demo --out={}")
 
@@ -93,6 +97,9 @@ def load_sample_run(bundle_dir: str | pathlib.Path = DEMO_BUNDLE) -> SampleRun:
         config.tokenizer.workdir = str(bundle_dir.absolute() / tokenizer_workdir)
     config.sample.output_dir = str(output_dir(bundle_dir))
     add_missing_sample_fields(config)
+    refiner_workdir = pathlib.Path(config.sample.refiner_workdir)
+    if config.sample.refiner_workdir and not refiner_workdir.is_absolute():
+        config.sample.refiner_workdir = str(bundle_dir.absolute() / refiner_workdir)
     return SampleRun(config=config, workdir=bundle_dir / GPT_DIR,
                      first=bundle_dir / FIRST_FRAME, last=bundle_dir / LAST_FRAME)
 

@@ -27,10 +27,11 @@ from absl import flags, logging
 from PIL import Image
 
 from ganime_jax import bundle, checkpointing, config_check, generation, sample, writable
+from ganime_jax import refiner as refiner_lib
 from ganime_jax.commands import run_command
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
-from ganime_jax.tokenizer import GEN_PARAMS
+from ganime_jax.tokenizer import GEN_PARAMS, load_tokenizer
 
 MANIFEST_FORMAT = 1
 COMPUTE_DTYPES = ("", "float32", "bfloat16")  # "": the training run's
@@ -83,6 +84,16 @@ def _check_trained_tokenizer(config: ml_collections.ConfigDict, fingerprint: str
             f"{vqgan_workdir}; pass --vqgan_workdir of the tokenizer the GPT was trained with.")
 
 
+def _check_refiner_tokenizer(refiner: refiner_lib.Refiner, fingerprint: str) -> None:
+    """A refiner learned on one tokenizer's decodes: its run's tokenizer must be the bundle's
+    (checked by fingerprint when that workdir is still there)."""
+    workdir = pathlib.Path(refiner.config.tokenizer.workdir)
+    if workdir.is_dir() and load_tokenizer(workdir).fingerprint() != fingerprint:
+        raise UserError(f"the refiner in {refiner.workdir} was trained through the tokenizer in "
+                        f"{workdir}, whose parameters differ from the bundle's; train the "
+                        "refiner with this tokenizer (config.tokenizer.workdir).")
+
+
 def _count(params: Any) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
 
@@ -112,7 +123,8 @@ def _check_out(out: pathlib.Path, overwrite: bool) -> None:
 
 def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir: pathlib.Path,
            vqgan_workdir: pathlib.Path, example_clip: int, sample_settings: Sequence[str],
-           compute_dtype: str, heldout_dataset: str, command: str) -> None:
+           compute_dtype: str, heldout_dataset: str, refiner_workdir: str,
+           command: str) -> None:
     bundled = ml_collections.ConfigDict(config.to_dict())
     if heldout_dataset:
         _check_same_heldout(config, heldout_dataset)
@@ -120,14 +132,19 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
     clip = _example_clip(bundled, example_clip)
     source_config = ml_collections.ConfigDict(config.to_dict())
     source_config.tokenizer.workdir = str(vqgan_workdir)
+    bundle.add_missing_sample_fields(source_config)
+    source_config.sample.refiner_workdir = refiner_workdir
     generator = sample.load_generator(source_config, gpt_workdir)
     tokenizer = generator.tokenizer
     fingerprint = tokenizer.fingerprint()
     _check_trained_tokenizer(config, fingerprint, vqgan_workdir)
+    if generator.refiner is not None:
+        _check_refiner_tokenizer(generator.refiner, fingerprint)
 
     bundled.tokenizer.workdir = bundle.VQGAN_DIR  # relative to the bundle folder
     bundled.data.data_root = bundle.DATA_ROOT
     bundle.add_missing_sample_fields(bundled)  # a run saved before them
+    bundled.sample.refiner_workdir = bundle.REFINER_DIR if refiner_workdir else ""
     config_check.apply_overrides(bundled, [f"--config.sample.{s}" for s in sample_settings],
                                  ("sample",))
     generation.check_choice(method=bundled.sample.method, **sample.choice(bundled))
@@ -139,13 +156,20 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
                                           bundle.tokenizer_config(vqgan_workdir))
     checkpointing.write_params_checkpoint(staging / bundle.GPT_DIR, generator.step,
                                           {sample.PARAMS_FIELD: generator.params}, bundled)
+    if generator.refiner is not None:
+        checkpointing.write_params_checkpoint(
+            staging / bundle.REFINER_DIR, generator.refiner.step,
+            {refiner_lib.PARAMS_FIELD: generator.refiner.params}, generator.refiner.config)
     Image.fromarray(clip[0]).save(staging / bundle.FIRST_FRAME)
     Image.fromarray(clip[-1]).save(staging / bundle.LAST_FRAME)
 
     run = bundle.load_sample_run(staging)
     reloaded = sample.load_generator(run.config, run.workdir)
     if (reloaded.tokenizer.fingerprint() != fingerprint
-            or not _same_params(reloaded.params, generator.params)):
+            or not _same_params(reloaded.params, generator.params)
+            or (reloaded.refiner is None) != (generator.refiner is None)
+            or (generator.refiner is not None
+                and not _same_params(reloaded.refiner.params, generator.refiner.params))):
         raise RuntimeError(f"the bundle in {staging} does not read back as written")
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -156,6 +180,9 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
         "gpt": {"source_workdir": str(gpt_workdir.absolute()), "step": generator.step,
                 "parameters": _count(generator.params)},
         "tokenizer_fingerprint": fingerprint,
+        "refiner": None if generator.refiner is None else {
+            "source_workdir": str(pathlib.Path(refiner_workdir).absolute()),
+            "step": generator.refiner.step, "parameters": _count(generator.refiner.params)},
         "example": {"dataset": bundled.data.dataset, "split": config.data.eval_split,
                     "clip": example_clip, "num_frames": config.sample.num_frames},
     }
@@ -165,8 +192,8 @@ def _build(staging: pathlib.Path, config: ml_collections.ConfigDict, gpt_workdir
 def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                   vqgan_workdir: str | pathlib.Path | None = None, example_clip: int = 0,
                   sample_settings: Sequence[str] = (), compute_dtype: str = "",
-                  heldout_dataset: str = "", overwrite: bool = False,
-                  command: str = "") -> pathlib.Path:
+                  heldout_dataset: str = "", refiner_workdir: str | None = None,
+                  overwrite: bool = False, command: str = "") -> pathlib.Path:
     """Writes the bundle of `gpt_workdir`'s newest GPT and its tokenizer (by default the
     run's `tokenizer.workdir`) to `out`; returns `out`. `sample_settings` ("field=value" of
     `config.sample`) change how the bundle samples, e.g. "candidates=4"; `compute_dtype`
@@ -174,7 +201,9 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     an accelerator samples faster in float32 on CPUs without bfloat16 dots);
     `heldout_dataset` ("": the run's `data.dataset`) names the clips dataset whose held-out
     split the bundle's eval and example frames read, for a run that trained on a larger copy
-    of it (the same held-out clips, checked); `command` is recorded as provenance."""
+    of it (the same held-out clips, checked); `refiner_workdir` (None: the run's
+    `sample.refiner_workdir`, "": none) is a stage-3 run trained through the same tokenizer
+    (checked), bundled as `refiner/`; `command` is recorded as provenance."""
     if compute_dtype not in COMPUTE_DTYPES:
         raise UserError(f"compute dtype {compute_dtype!r}: choose one of {COMPUTE_DTYPES[1:]} "
                         "or leave it empty for the training run's.")
@@ -187,9 +216,11 @@ def export_bundle(gpt_workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                         "not a GPT; give --gpt_workdir of a stage-2 (gpt) run.")
     if vqgan_workdir is None:
         vqgan_workdir = config.tokenizer.workdir
+    if refiner_workdir is None:
+        refiner_workdir = config.get("sample", {}).get("refiner_workdir", "")
     with writable.staged_folder(out) as staging:
         _build(staging, config, gpt_workdir, pathlib.Path(vqgan_workdir), example_clip,
-               sample_settings, compute_dtype, heldout_dataset, command)
+               sample_settings, compute_dtype, heldout_dataset, refiner_workdir, command)
     return out
 
 
@@ -211,6 +242,9 @@ def define_flags() -> None:
     flags.DEFINE_string("heldout_dataset", "", "The clips dataset whose held-out split the "
                         "bundle's eval and example frames read (default: the GPT run's "
                         "data.dataset), for a run trained on a larger copy of it.")
+    flags.DEFINE_string("refiner_workdir", None, "Stage-3 (refiner) workdir to bundle, trained "
+                        "through the same tokenizer (default: the GPT run's "
+                        "sample.refiner_workdir; empty: none).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle at --out.")
 
 
@@ -224,7 +258,8 @@ def main(argv: Sequence[str]) -> None:
     out = export_bundle(FLAGS.gpt_workdir, FLAGS.out, vqgan_workdir=FLAGS.vqgan_workdir,
                         example_clip=FLAGS.example_clip, sample_settings=FLAGS.sample,
                         compute_dtype=FLAGS.compute_dtype,
-                        heldout_dataset=FLAGS.heldout_dataset, overwrite=FLAGS.overwrite,
+                        heldout_dataset=FLAGS.heldout_dataset,
+                        refiner_workdir=FLAGS.refiner_workdir, overwrite=FLAGS.overwrite,
                         command=command)
     print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)")
 

@@ -21,6 +21,7 @@ from ganime_jax.data import tfds_io, video_io
 from ganime_jax.errors import UserError
 from ganime_jax.images import load_frame_pair
 from ganime_jax.models.frame_layouts import Transformer, check_token_grid, example_inputs
+from ganime_jax.refiner import Refiner, load_refiner
 from ganime_jax.tokenizer import Tokenizer, load_tokenizer
 from ganime_jax.train.gpt_task import build_model
 from ganime_jax.train.summary import image_grid
@@ -42,6 +43,7 @@ class Generator:
     transformer: Transformer
     params: Any
     step: int
+    refiner: Refiner | None = None
 
 
 def _check_stage(config: ml_collections.ConfigDict) -> None:
@@ -71,7 +73,21 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     check_token_grid(transformer, tokenizer.grid_shape,
                      f"the tokenizer in {config.tokenizer.workdir}")
     params, step = _restore_params(config, pathlib.Path(workdir), transformer)
-    return Generator(tokenizer, transformer, params, step)
+    return Generator(tokenizer, transformer, params, step, _load_refiner(config, tokenizer))
+
+
+def _load_refiner(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Refiner | None:
+    """The stage-3 refiner of `config.sample.refiner_workdir` ("" or absent: none)."""
+    workdir = config.sample.get("refiner_workdir", "")
+    if not workdir:
+        return None
+    refiner = load_refiner(workdir)
+    data = refiner.config.data
+    if (data.height, data.width) != tokenizer.frame_shape[:2]:
+        raise UserError(f"the refiner in {workdir} was trained on {data.height}x{data.width} "
+                        f"frames, the tokenizer makes {tokenizer.frame_shape[0]}x"
+                        f"{tokenizer.frame_shape[1]}; use a refiner trained with this tokenizer.")
+    return refiner
 
 
 def _restore_params(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -153,9 +169,9 @@ def heldout_clips(config: ml_collections.ConfigDict, num_frames: int, count: int
 def choice(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`config.sample`'s candidates, selection and direction (`generation.generate_frames`'
     keywords); a config saved before one of them existed gets its old behaviour
-    (`bundle.SAMPLE_FIELDS_SINCE`)."""
+    (`bundle.CHOICE_FIELDS_SINCE`)."""
     return {name: config.sample.get(name, default)
-            for name, default in bundle.SAMPLE_FIELDS_SINCE.items()}
+            for name, default in bundle.CHOICE_FIELDS_SINCE.items()}
 
 
 def choice_label(count: int, kept_by: str, drawn: str = "forward") -> str:
@@ -201,8 +217,10 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,
         jax.random.key(settings.seed), decode_batch_size=generation.default_decode_batch_size(),
-        **sampling)
+        refiner=generator.refiner, **sampling)
     best = choice_label(sampling["candidates"], sampling["selection"], sampling["direction"])
+    if generator.refiner is not None:
+        best += f", refined by the step-{generator.refiner.step} refiner"
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
           f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)

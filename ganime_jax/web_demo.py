@@ -79,7 +79,7 @@ class InBetweener:
                 self.generator.tokenizer, self.generator.transformer, self.generator.params,
                 first_frame[None], last_frame[None], num_frames, jax.random.key(seed),
                 method=method, temperature=float(temperature), top_k=top_k, top_p=float(top_p),
-                direction=self.direction,
+                direction=self.direction, refiner=self.generator.refiner,
                 decode_batch_size=generation.default_decode_batch_size())[0]
         seconds = time.perf_counter() - start
         stem = self.output_dir / f"inbetween_{next(self._count):05d}"

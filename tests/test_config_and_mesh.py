@@ -21,10 +21,11 @@ def test_every_shipped_config_has_exactly_its_stages_reference_fields(name):
     other (a field added to one config only, or dropped from it, fails here)."""
     import importlib
 
-    from configs import gpt_kny
+    from configs import gpt_kny, refiner_demo
 
     config = importlib.import_module(f"configs.{name}").get_config()
-    reference = {"vqgan": vqgan_kny, "gpt": gpt_kny}[config.stage].get_config()
+    reference = {"vqgan": vqgan_kny, "gpt": gpt_kny,
+                 "refiner": refiner_demo}[config.stage].get_config()
     assert set(config_check.flatten(config)) == set(config_check.flatten(reference))
 
 

@@ -63,6 +63,7 @@ class EvalSettings:
     candidates: int  # clips drawn per pair of frames, one kept by `selection`
     selection: str  # generation.SELECTIONS
     direction: str  # generation.DIRECTIONS
+    refined: bool  # the decoded in-betweens go through config.sample.refiner_workdir's refiner
     fvd: bool
     i3d_batch_size: int
     metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
@@ -81,11 +82,12 @@ class EvalSettings:
                     direction=self.direction)
 
     def sampling_label(self) -> str:
+        refined = ", refined" if self.refined else ""
         if self.method == "greedy":
-            return "greedy"
+            return "greedy" + refined
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
         best = sample.choice_label(self.candidates, self.selection, self.direction)
-        return f"{self.method}, {knob}, temperature {self.temperature}{best}"
+        return f"{self.method}, {knob}, temperature {self.temperature}{best}{refined}"
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
@@ -120,7 +122,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         methods=tuple(m for m in ALL_METHODS if m in methods), seeds=seeds,
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-        **sample.choice(config),
+        **sample.choice(config), refined=bool(config.sample.get("refiner_workdir", "")),
         fvd=section.fvd,
         i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
         ssim_gaussian=section.ssim_gaussian)
@@ -155,7 +157,8 @@ def generate_set(generator: sample.Generator, truth: np.ndarray, seed: int,
         return generation.generate_frames(
             generator.tokenizer, generator.transformer, generator.params, clips[:, 0],
             clips[:, -1], settings.num_frames, jax.random.fold_in(jax.random.key(seed), index),
-            decode_batch_size=generation.default_decode_batch_size(), **settings.sampling())
+            decode_batch_size=generation.default_decode_batch_size(), refiner=generator.refiner,
+            **settings.sampling())
     return map_in_batches(generate, (truth,), settings.batch_size,
                                   desc=f"generating (seed {seed})")
 
@@ -278,7 +281,10 @@ def _notes(config: ml_collections.ConfigDict, settings: EvalSettings, num_clips:
         notes.append("no model: config.evaluate.methods selects "
                      f"{', '.join(settings.methods)} only.")
     else:
-        notes.append(f"model: the step-{step} transformer, {settings.sampling_label()} sampling.")
+        notes.append(f"model: the step-{step} transformer, {settings.sampling_label()} sampling"
+                     + (" (the decoded in-betweens refined with the given frames by the stage-3 "
+                        f"refiner of {config.sample.refiner_workdir})." if settings.refined
+                        else "."))
     if settings.seeds_run and len(settings.seeds_run) < len(settings.seeds):
         notes.append(f"greedy sampling ignores the seed: seeds {list(settings.seeds)} would give "
                      "identical clips, so the model ran once (no spread).")
@@ -340,6 +346,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     step = generator.step if generator is not None else None
     results = {
         "checkpoint_step": step, "tokenizer_step": tokenizer.step,
+        "refiner_step": (generator.refiner.step if generator is not None
+                         and generator.refiner is not None else None),
         "dataset": config.data.dataset, "split": config.data.eval_split,
         "num_clips": len(truth), "num_clips_requested": settings.num_clips,
         "num_frames": settings.num_frames,

@@ -49,7 +49,7 @@ def _stage_splits(config: ml_collections.ConfigDict) -> tuple[str, list[str]] | 
     """(what, its splits) for the dataset the stage reads: as built, or as `prepare_data` will
     build it (stage 2's tokens take every split of the clips); None when not known yet."""
     data = config.data
-    kinds = ("tokens", "clips") if config.stage == "gpt" else ("frames",)
+    kinds = {"gpt": ("tokens", "clips"), "refiner": ("clips",)}.get(config.stage, ("frames",))
     for kind in kinds:
         name = tfds_io.variant_name(data.dataset, kind)
         if tfds_io.dataset_exists(data.data_root, name):
@@ -82,6 +82,8 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         from ganime_jax.train.vqgan_task import check_config as check_stage
     elif config.stage == "gpt":
         from ganime_jax.train.gpt_task import check_config as check_stage
+    elif config.stage == "refiner":
+        from ganime_jax.train.refiner_task import check_config as check_stage
     else:
         raise ValueError(f"unknown stage {config.stage!r}")
     check_stage(config, mesh)
@@ -96,6 +98,9 @@ def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         from ganime_jax.train.gpt_task import GPTTask, check_tokens
         check_tokens(config)
         return GPTTask(config, mesh, workdir)
+    if config.stage == "refiner":
+        from ganime_jax.train.refiner_task import RefinerTask
+        return RefinerTask(config, mesh)
     raise ValueError(f"unknown stage {config.stage!r}")
 
 

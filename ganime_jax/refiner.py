@@ -1,0 +1,82 @@
+"""The frozen stage-3 refiner: a trained `FrameRefiner` loaded from its workdir (or a bundle's
+`refiner/` folder), applied to decoded in-betweens at generation time.
+
+Only the parameters are read from the newest checkpoint; the config comes from the same
+checkpoint. `refine` takes uint8 frames and gives uint8 frames.
+"""
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ganime_jax import checkpointing
+from ganime_jax.data import pixels
+from ganime_jax.errors import UserError
+from ganime_jax.models.refiner import FrameRefiner
+
+PARAMS_FIELD = "params"  # field of the stage-3 train state holding the refiner parameters
+TRAIN_HINT = ("train it first: python main.py --config=configs/refiner_demo.py --workdir={}, "
+              "or set config.sample.refiner_workdir to \"\" to generate without one")
+
+
+def _refine(model: FrameRefiner, params: Any, decoded: jax.Array, first: jax.Array,
+            last: jax.Array, decoded_first: jax.Array, decoded_last: jax.Array,
+            fraction: jax.Array) -> jax.Array:
+    refined = model.apply({"params": params}, *(pixels.to_unit(x) for x in (
+        decoded, first, last, decoded_first, decoded_last)), fraction)
+    return pixels.to_uint8(refined)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refiner:
+    """A frozen `FrameRefiner` with a jit-compiled `refine`, on the first device."""
+
+    config: ml_collections.ConfigDict
+    model: FrameRefiner
+    params: Any
+    step: int
+    workdir: pathlib.Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_refine", jax.jit(
+            lambda p, *images: _refine(self.model, p, *images)))
+
+    def refine(self, clips: np.ndarray, first: np.ndarray, last: np.ndarray,
+               decoded_first: np.ndarray, decoded_last: np.ndarray,
+               num_frames: int) -> np.ndarray:
+        """uint8 in-betweens (B, M, H, W, 3), frames 1..M of clips of `num_frames` frames, with
+        their uint8 given frames and those frames' decodes (B, H, W, 3) -> refined, same shape.
+
+        Each clip's in-betweens go through the network together (one call per clip)."""
+        batch, middle = clips.shape[:2]
+        fraction = jnp.arange(1, middle + 1, dtype=jnp.float32) / (num_frames - 1)
+        out = np.empty_like(clips)
+        for index in range(batch):
+            repeat = lambda frame: np.broadcast_to(frame, (middle, *frame.shape))
+            out[index] = np.asarray(self._refine(
+                self.params, clips[index], repeat(first[index]), repeat(last[index]),
+                repeat(decoded_first[index]), repeat(decoded_last[index]), fraction))
+        return out
+
+
+def load_refiner(workdir: str | pathlib.Path) -> Refiner:
+    """The refiner of the newest checkpoint in a stage-3 workdir, frozen."""
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise UserError(f"refiner workdir {workdir} does not exist; " + TRAIN_HINT.format(workdir))
+    with checkpointing.newest(workdir, "refiner", TRAIN_HINT.format(workdir)) as (manager, step):
+        config = ml_collections.ConfigDict(checkpointing.saved_config(manager, step))
+        if config.get("stage") != "refiner":
+            raise UserError(f"the checkpoint in {workdir} is of stage {config.get('stage')!r}, "
+                            "not a refiner; give the workdir of a stage-3 (refiner) run.")
+        model = FrameRefiner(**config.model)
+        image = jnp.zeros((1, config.data.height, config.data.width, 3))
+        abstract = jax.eval_shape(lambda: model.init(
+            jax.random.key(0), image, image, image, image, image, jnp.zeros((1,)))["params"])
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        params = checkpointing.restore_params(manager, step, PARAMS_FIELD, abstract, device)
+    return Refiner(config=config, model=model, params=params, step=step, workdir=workdir)

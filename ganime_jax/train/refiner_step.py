@@ -1,0 +1,118 @@
+"""Stage 3's train state and pure step: refine the frozen tokenizer's decode of in-betweens.
+
+Each training clip gives one target: an in-between frame t drawn uniformly from 1..n-2 of its
+n real frames. The target, the first and the last frame go through the frozen VQ-GAN (encode,
+then decode) inside the step, so the refiner learns on what the tokenizer makes of true
+frames; at generation time it refines what the GPT's tokens decode to. Loss: L1 plus the
+weighted LPIPS distance to the true frame.
+"""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ganime_jax.data import pixels
+from ganime_jax.losses.perceptual import lpips_distance
+from ganime_jax.models.refiner import FrameRefiner
+from ganime_jax.models.vqgan import VQGAN
+from ganime_jax.tokenizer import decode_tokens, encode_frames
+
+
+@flax.struct.dataclass
+class RefinerState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class StepFns:
+    model: FrameRefiner = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    tokenizer: VQGAN = flax.struct.field(pytree_node=False)
+    grid_shape: tuple[int, int] = flax.struct.field(pytree_node=False)
+
+
+def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int]) -> RefinerState:
+    image = jnp.zeros((1, *frame_shape), jnp.float32)
+    params = fns.model.init(rng, image, image, image, image, image, jnp.zeros((1,)))["params"]
+    return RefinerState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=fns.tx.init(params))
+
+
+def through_tokenizer(fns: StepFns, tokenizer_params: Any, frames: jax.Array) -> jax.Array:
+    """uint8 frames (B, H, W, 3) -> the frozen VQ-GAN's uint8 decode of their tokens."""
+    tokens = encode_frames(fns.tokenizer, tokenizer_params, frames)
+    return jax.lax.stop_gradient(decode_tokens(fns.tokenizer, tokenizer_params,
+                                               fns.grid_shape, tokens))
+
+
+def refiner_inputs(fns: StepFns, tokenizer_params: Any, frames: jax.Array, n_frames: jax.Array,
+                   index: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """(the refiner's inputs, the true frame in [-1, 1]) for in-between `index` (B,) of each
+    clip `frames` (B, T, H, W, 3) uint8 with `n_frames` (B,) real frames."""
+    rows = jnp.arange(frames.shape[0])
+    last_index = n_frames - 1
+    target, first, last = (frames[rows, index], frames[:, 0], frames[rows, last_index])
+    decoded = through_tokenizer(fns, tokenizer_params,
+                                jnp.concatenate([target, first, last]))
+    decoded, decoded_first, decoded_last = jnp.split(decoded, 3)
+    fraction = index.astype(jnp.float32) / last_index.astype(jnp.float32)
+    inputs = tuple(pixels.to_unit(x) for x in (decoded, first, last, decoded_first,
+                                                 decoded_last)) + (fraction,)
+    return inputs, pixels.to_unit(target)
+
+
+def losses(fns: StepFns, params: Any, inputs: tuple[jax.Array, ...], target: jax.Array,
+           lpips_params: Any, loss_cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    refined = fns.model.apply({"params": params}, *inputs)
+    result = {"l1": jnp.mean(jnp.abs(refined - target))}
+    result["loss"] = loss_cfg.l1_weight * result["l1"]
+    if loss_cfg.perceptual_weight:
+        result["lpips"] = jnp.mean(lpips_distance(lpips_params, refined, target,
+                                                  dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
+        result["loss"] += loss_cfg.perceptual_weight * result["lpips"]
+    return result
+
+
+def make_train_step(fns: StepFns, loss_cfg: ml_collections.ConfigDict):
+    def train_step(state: RefinerState, batch: dict, rng: jax.Array, tokenizer_params: Any,
+                   lpips_params: Any) -> tuple[RefinerState, dict]:
+        key = jax.random.fold_in(rng, state.step)
+        n_frames = batch["n_frames"]
+        index = jax.random.randint(key, n_frames.shape, 1, n_frames - 1)
+        inputs, target = refiner_inputs(fns, tokenizer_params, batch["frames"], n_frames,
+                                        index)
+
+        def loss_fn(params):
+            terms = losses(fns, params, inputs, target, lpips_params, loss_cfg)
+            return terms["loss"], terms
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def eval_sums(params: Any, frames: jax.Array, n_frames: jax.Array, index: jax.Array,
+              tokenizer_params: Any, lpips_params: Any, *, fns: StepFns) -> dict[str, jax.Array]:
+    """Sums over the clips that have in-between `index` (B,) (index <= n_frames - 2): L1 and
+    LPIPS of the refined decode and of the plain decode (what the refiner starts from), and
+    how many clips counted."""
+    valid = (index <= n_frames - 2).astype(jnp.float32)
+    index = jnp.minimum(index, n_frames - 2)  # a clip without it reads a real frame, uncounted
+    inputs, target = refiner_inputs(fns, tokenizer_params, frames, n_frames, index)
+    refined = fns.model.apply({"params": params}, *inputs)
+    decoded = inputs[0]
+    l1 = lambda x: jnp.abs(x - target).mean((1, 2, 3))
+    return {"l1": jnp.sum(valid * l1(refined)),
+            "lpips": jnp.sum(valid * lpips_distance(lpips_params, refined, target)),
+            "l1_decoded": jnp.sum(valid * l1(decoded)),
+            "lpips_decoded": jnp.sum(valid * lpips_distance(lpips_params, decoded, target)),
+            "count": jnp.sum(valid)}
