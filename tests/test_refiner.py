@@ -12,6 +12,7 @@ from configs import gpt_tiny, refiner_demo, vqgan_tiny
 from ganime_jax import bundle, checkpointing, export, generation, sample
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
+from ganime_jax.evaluation import run as eval_run
 from ganime_jax.models.refiner import FrameRefiner
 from ganime_jax.refiner import load_refiner
 from ganime_jax.train import entry
@@ -131,3 +132,17 @@ def test_a_refiner_of_another_tokenizer_is_refused(run, tmp_path):
     with pytest.raises(UserError, match="refiner workdir .* does not exist"):
         export.export_bundle(run["gpt"], tmp_path / "bundle2",
                              refiner_workdir=str(tmp_path / "missing"))
+
+
+def test_eval_reports_the_refined_model(run, tmp_path):
+    config = run["gpt_config"].copy_and_resolve_references()
+    config.sample.refiner_workdir = str(run["refiner"])
+    config.evaluate.update(num_clips=2, num_frames=5, seeds=(0,), fvd=False,
+                           output_dir=str(tmp_path / "eval"),
+                           feature_cache_dir=str(tmp_path / "features"))
+    results = eval_run.run_eval(config, run["gpt"])
+    assert results["refiner_step"] == 3
+    assert results["methods"]["model"]["label"] == "model (greedy, refined)"
+    assert any("stage-3 refiner of" in note for note in results["notes"])
+    config.sample.refiner_workdir = ""
+    assert not eval_run.settings_from_config(config).refined
