@@ -165,6 +165,29 @@ def first_records(data_root: str, name: str, split: str, *, min_frames: int,
     return records
 
 
+def first_clip_batches(data_root: str, name: str, split: str, field: str, *, min_frames: int,
+                       max_frames: int, batch_size: int, num_batches: int,
+                       dtype: Any) -> list[dict[str, np.ndarray]]:
+    """The `first_records` of a split (`num_batches * batch_size` of them) as whole batches
+    {field: (batch_size, max_frames, ...) `dtype`, "n_frames": (batch_size,) int32}: each clip's
+    first `max_frames` frames, zero-padded, and the last batch filled with empty clips
+    (n_frames 0) that a training stage's held-out sums skip. A one-line UserError when no clip
+    of the split has `min_frames` frames."""
+    records = first_records(data_root, name, split, min_frames=min_frames,
+                            count=num_batches * batch_size)
+    clips = [np.asarray(r[field])[:max_frames] for r in records]
+    if not clips:
+        raise UserError(f"no clip of {name} split {split!r} has min_frames={min_frames} frames "
+                        "to evaluate on.")
+    size = -(-len(clips) // batch_size) * batch_size
+    values = np.zeros((size, max_frames, *clips[0].shape[1:]), dtype)
+    n_frames = np.zeros((size,), np.int32)
+    for i, clip in enumerate(clips):
+        values[i, :len(clip)], n_frames[i] = clip, len(clip)
+    return [{field: values[i:i + batch_size], "n_frames": n_frames[i:i + batch_size]}
+            for i in range(0, size, batch_size)]
+
+
 def _features(
     kind: str, frame_shape: tuple[int, ...], dtype: np.dtype
 ) -> tfds.features.FeaturesDict:

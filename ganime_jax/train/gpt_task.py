@@ -238,24 +238,11 @@ class GPTTask:
         which the masks ignore) to whole batches."""
         if self._eval_batches is None:
             cfg = self.config
-            name = tfds_io.variant_name(cfg.data.dataset, "tokens")
-            records = tfds_io.first_records(cfg.data.data_root, name, cfg.eval.split,
-                                            min_frames=cfg.data.min_frames,
-                                            count=cfg.eval.num_batches * cfg.eval.batch_size)
-            clips = [r["tokens"][:cfg.data.max_frames] for r in records]
-            if not clips:
-                raise UserError(f"no clip of {name} split "
-                                f"{cfg.eval.split!r} has min_frames={cfg.data.min_frames} "
-                                "frames to evaluate on.")
-            size = -(-len(clips) // cfg.eval.batch_size) * cfg.eval.batch_size
-            tokens = np.zeros((size, cfg.data.max_frames, cfg.model.frame_tokens), np.int32)
-            n_frames = np.zeros((size,), np.int32)
-            for i, clip in enumerate(clips):
-                tokens[i, :len(clip)], n_frames[i] = clip, len(clip)
-            self._eval_batches = [
-                {"tokens": tokens[i:i + cfg.eval.batch_size],
-                 "n_frames": n_frames[i:i + cfg.eval.batch_size]}
-                for i in range(0, size, cfg.eval.batch_size)]
+            self._eval_batches = tfds_io.first_clip_batches(
+                cfg.data.data_root, tfds_io.variant_name(cfg.data.dataset, "tokens"),
+                cfg.eval.split, "tokens", min_frames=cfg.data.min_frames,
+                max_frames=cfg.data.max_frames, batch_size=cfg.eval.batch_size,
+                num_batches=cfg.eval.num_batches, dtype=np.int32)
         return self._eval_batches
 
     def evaluate(self, state: gpt_step.GPTState) -> dict[str, float]:

@@ -106,22 +106,11 @@ class RefinerTask:
         padded with empty clips (n_frames 0, which the sums skip) to whole batches."""
         if self._eval_batches is None:
             cfg = self.config
-            name = tfds_io.variant_name(cfg.data.dataset, "clips")
-            records = tfds_io.first_records(cfg.data.data_root, name, cfg.eval.split,
-                                            min_frames=cfg.data.min_frames,
-                                            count=cfg.eval.num_batches * cfg.eval.batch_size)
-            if not records:
-                raise UserError(f"no clip of {name} split {cfg.eval.split!r} has "
-                                f"min_frames={cfg.data.min_frames} frames to evaluate on.")
-            size = -(-len(records) // cfg.eval.batch_size) * cfg.eval.batch_size
-            frames = np.zeros((size, cfg.data.max_frames, *self.frame_shape), np.uint8)
-            n_frames = np.zeros((size,), np.int32)
-            for i, record in enumerate(records):
-                clip = np.asarray(record["frames"])[:cfg.data.max_frames]
-                frames[i, :len(clip)], n_frames[i] = clip, len(clip)
-            self._eval_batches = [{"frames": frames[i:i + cfg.eval.batch_size],
-                                   "n_frames": n_frames[i:i + cfg.eval.batch_size]}
-                                  for i in range(0, size, cfg.eval.batch_size)]
+            self._eval_batches = tfds_io.first_clip_batches(
+                cfg.data.data_root, tfds_io.variant_name(cfg.data.dataset, "clips"),
+                cfg.eval.split, "frames", min_frames=cfg.data.min_frames,
+                max_frames=cfg.data.max_frames, batch_size=cfg.eval.batch_size,
+                num_batches=cfg.eval.num_batches, dtype=np.uint8)
         return self._eval_batches
 
     def evaluate(self, state: refiner_step.RefinerState) -> dict[str, float]:
