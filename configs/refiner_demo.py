@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_frames = 16
     config.data.min_frames = 15
     config.model = ml_collections.ConfigDict(dict(
-        widths=(32, 64, 96), convs_per_level=2, blend_init=(3.0, -1.0, -1.0), dtype="float32"))
+        widths=(32, 64, 96), convs_per_level=2, blend_init=(3.0, -1.0, -1.0),
+        candidate_statistics=False, dtype="float32"))
     config.loss = ml_collections.ConfigDict(dict(
         l1_weight=1.0, perceptual_weight=1.0, perceptual_dtype="float32"))
     # A scratch probe at lr 2e-3 moved away from the plain decode before it learned anything;

@@ -12,6 +12,7 @@ runs the transformer on the context frames only. The `sequence` layout always wo
 each step feeds one frame's block against a fixed-size cache of the last frame and the frames
 before (`frame_sequence.rollout`).
 """
+import dataclasses
 import functools
 from typing import Any, Protocol
 
@@ -59,11 +60,14 @@ class FrameTokenizer(Protocol):
 class InBetweenRefiner(Protocol):
     """What generation needs from a frozen stage-3 refiner (`ganime_jax.refiner.Refiner`)."""
 
+    uses_candidates: bool  # reads the statistics of the K candidates (`candidate_statistics`)
+
     def refine(self, clips: np.ndarray, first: np.ndarray, last: np.ndarray,
-               decoded_first: np.ndarray, decoded_last: np.ndarray,
-               num_frames: int) -> np.ndarray:
+               decoded_first: np.ndarray, decoded_last: np.ndarray, num_frames: int,
+               statistics: np.ndarray | None = None) -> np.ndarray:
         """uint8 in-betweens (B, M, H, W, 3) with their given frames and those frames' decodes
-        (B, H, W, 3) -> refined uint8 in-betweens."""
+        (B, H, W, 3) (and, if `uses_candidates`, their candidates' statistics (B, M, H, W, 9))
+        -> refined uint8 in-betweens."""
 
 
 def check_sampling(method: str, temperature: float, top_k: int, top_p: float) -> None:
@@ -96,6 +100,16 @@ def check_choice(candidates: int, method: str, selection: str = "arrival",
     if candidates > 1 and method == "greedy":
         raise UserError(f"candidates={candidates} with greedy decoding draws {candidates} "
                         "identical clips; use method='top_k' or 'top_p', or candidates=1.")
+
+
+def check_refiner_choice(uses_candidates: bool, candidates: int, selection: str) -> None:
+    """A refiner that reads the candidates' statistics needs K > 1 decoded candidates: the
+    medoid selection."""
+    if uses_candidates and (candidates < 2 or selection != "medoid"):
+        raise UserError(f"this refiner reads the statistics of several candidate clips, but "
+                        f"sampling draws candidates={candidates} kept by {selection!r}; set "
+                        "config.sample.candidates to the number it was trained with and "
+                        "config.sample.selection='medoid'.")
 
 
 def check_direction(direction: str) -> None:
@@ -292,8 +306,48 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
     decoded.
 
     With a `refiner`, the decoded in-betweens are then refined with the given frames and the
-    decodes of their tokens (stage 3, `ganime_jax.models.refiner`).
+    decodes of their tokens (stage 3, `ganime_jax.models.refiner`), and, for a refiner that
+    `uses_candidates`, the `candidate_statistics` of the K medoid candidates.
     """
+    drawn = draw_in_betweens(tokenizer, transformer, params, first_frames, last_frames,
+                             num_frames, rng, decode_batch_size=decode_batch_size,
+                             candidates=candidates, selection=selection, direction=direction,
+                             with_statistics=refiner is not None and refiner.uses_candidates,
+                             with_decoded_ends=refiner is not None, **sampling)
+    pixels = drawn.in_betweens
+    if refiner is not None:
+        pixels = refiner.refine(pixels, first_frames, last_frames, drawn.decoded_first,
+                                drawn.decoded_last, num_frames, drawn.statistics)
+    return np.concatenate([first_frames[:, None], pixels, last_frames[:, None]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrawnInBetweens:
+    """What generation draws for a batch of clips before any refiner (`draw_in_betweens`).
+
+    in_betweens: uint8 (B, M, H, W, 3), the kept candidate's decoded in-betweens.
+    statistics: uint8 (B, M, H, W, 9), the `candidate_statistics` of the K candidates at each
+        kept in-between, or None.
+    decoded_first, decoded_last: uint8 (B, H, W, 3), the decodes of the given frames' tokens,
+        or None.
+    """
+
+    in_betweens: np.ndarray
+    statistics: np.ndarray | None
+    decoded_first: np.ndarray | None
+    decoded_last: np.ndarray | None
+
+
+def draw_in_betweens(tokenizer: FrameTokenizer, transformer: Transformer, params: Any,
+                     first_frames: np.ndarray, last_frames: np.ndarray, num_frames: int,
+                     rng: jax.Array, *, decode_batch_size: int | None = None,
+                     candidates: int = 1, selection: str = "arrival",
+                     direction: str = "forward", with_statistics: bool = False,
+                     with_decoded_ends: bool = False, **sampling: Any) -> DrawnInBetweens:
+    """The decoded in-betweens `generate_frames` draws and keeps with the same arguments,
+    before refining; with `with_statistics` (K > 1 candidates kept by their medoid) also the
+    candidates' statistics, with `with_decoded_ends` the decodes of the given frames' tokens
+    (what a stage-3 refiner reads beside them)."""
     first_frames, last_frames = np.asarray(first_frames), np.asarray(last_frames)
     expected = tuple(tokenizer.frame_shape)
     for name, frames in (("first", first_frames), ("last", last_frames)):
@@ -305,35 +359,41 @@ def generate_frames(tokenizer: FrameTokenizer, transformer: Transformer, params:
                         "frames given: pass one last frame per first frame.")
     check_num_frames(num_frames, transformer.max_frames)
     check_choice(candidates, sampling.get("method", "greedy"), selection, direction)
+    check_refiner_choice(with_statistics, candidates, selection)
     batch = first_frames.shape[0]
     ends = tokenizer.encode(np.concatenate([first_frames, last_frames]))
     first_tokens, last_tokens = ends[:batch], ends[batch:]
     draw = functools.partial(_draw_in_betweens, tokenizer, transformer, params,
                              num_frames=num_frames, decode_batch_size=decode_batch_size,
-                             candidates=candidates, selection=selection, **sampling)
+                             candidates=candidates, selection=selection,
+                             with_statistics=with_statistics, **sampling)
     middle = num_frames - 2
     if direction == "forward" or middle == 1:  # one in-between: the forward one
-        pixels = draw(first_tokens, last_tokens, last_frames, rng, keep=middle)
+        pixels, statistics = draw(first_tokens, last_tokens, last_frames, rng, keep=middle)
     else:
         forward_count = (middle + 1) // 2
         forward = draw(first_tokens, last_tokens, last_frames, rng, keep=forward_count)
         backward = draw(last_tokens, first_tokens, first_frames,
                         jax.random.fold_in(rng, _BACKWARD_STREAM), keep=middle - forward_count)
-        pixels = np.concatenate([forward, backward[:, ::-1]], axis=1)
-    if refiner is not None:
+        pixels, statistics = (
+            None if f is None else np.concatenate([f, b[:, ::-1]], axis=1)
+            for f, b in zip(forward, backward))
+    decoded_first = decoded_last = None
+    if with_decoded_ends:
         decoded_ends = decode_in_batches(tokenizer, ends, decode_batch_size)
-        pixels = refiner.refine(pixels, first_frames, last_frames, decoded_ends[:batch],
-                                decoded_ends[batch:], num_frames)
-    return np.concatenate([first_frames[:, None], pixels, last_frames[:, None]], axis=1)
+        decoded_first, decoded_last = decoded_ends[:batch], decoded_ends[batch:]
+    return DrawnInBetweens(pixels, statistics, decoded_first, decoded_last)
 
 
 def _draw_in_betweens(tokenizer: FrameTokenizer, transformer: Transformer, params: Any,
                       start_tokens: jax.Array, end_tokens: jax.Array, end_frames: np.ndarray,
                       rng: jax.Array, *, keep: int, num_frames: int,
                       decode_batch_size: int | None, candidates: int, selection: str,
-                      **sampling: Any) -> np.ndarray:
+                      with_statistics: bool, **sampling: Any
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 (B, keep, H, W, 3): the first `keep` in-between frames of the clip kept among
-    `candidates` drawn from `start_tokens` towards `end_tokens` (`generate_frames`)."""
+    `candidates` drawn from `start_tokens` towards `end_tokens` (`generate_frames`), and with
+    `with_statistics` (medoid selection only) the `candidate_statistics` of those frames."""
     batch, shape = start_tokens.shape[0], tuple(tokenizer.frame_shape)
     # Arrival compares each candidate's last in-between with the end frame, so those candidates
     # are drawn whole; otherwise the draws stop after the kept frames.
@@ -349,11 +409,23 @@ def _draw_in_betweens(tokenizer: FrameTokenizer, transformer: Transformer, param
         kept = jnp.stack(draws, axis=1).reshape(-1, transformer.frame_tokens)
         pixels = decode_in_batches(tokenizer, kept, decode_batch_size)
         pixels = pixels.reshape(batch, candidates, keep, *shape)
-        return pixels[np.arange(batch), medoid(pixels)]
+        statistics = candidate_statistics(pixels) if with_statistics else None
+        return pixels[np.arange(batch), medoid(pixels)], statistics
     tokens = nearest_arrival(tokenizer, jnp.stack(draws, axis=1), end_frames,
                              decode_batch_size) if by_arrival else draws[0]
     kept = tokens[:, :keep].reshape(batch * keep, -1)
-    return decode_in_batches(tokenizer, kept, decode_batch_size).reshape(batch, keep, *shape)
+    pixels = decode_in_batches(tokenizer, kept, decode_batch_size)
+    return pixels.reshape(batch, keep, *shape), None
+
+
+def candidate_statistics(candidates: np.ndarray) -> np.ndarray:
+    """uint8 (B, M, H, W, 3C) of uint8 candidate frames (B, K, M, H, W, C): their per-pixel
+    median, mean and standard deviation over the K candidates, rounded, in that order
+    (`models.refiner.CANDIDATE_STATISTICS`)."""
+    values = candidates.astype(np.float32)
+    statistics = (np.median(values, axis=1), values.mean(axis=1), values.std(axis=1))
+    return np.concatenate([np.clip(np.round(s), 0, 255).astype(np.uint8) for s in statistics],
+                          axis=-1)
 
 
 def nearest_arrival(tokenizer: FrameTokenizer, candidates: jax.Array, last_frames: np.ndarray,

@@ -16,7 +16,7 @@ import numpy as np
 from ganime_jax import checkpointing
 from ganime_jax.data import pixels
 from ganime_jax.errors import UserError
-from ganime_jax.models.refiner import FrameRefiner
+from ganime_jax.models.refiner import FrameRefiner, init_params
 
 PARAMS_FIELD = "params"  # field of the stage-3 train state holding the refiner parameters
 TRAIN_HINT = ("train it first: python main.py --config=configs/refiner_demo.py --workdir={}, "
@@ -25,10 +25,12 @@ TRAIN_HINT = ("train it first: python main.py --config=configs/refiner_demo.py -
 
 def _refine(model: FrameRefiner, params: Any, decoded: jax.Array, first: jax.Array,
             last: jax.Array, decoded_first: jax.Array, decoded_last: jax.Array,
-            fraction: jax.Array) -> jax.Array:
+            fraction: jax.Array, statistics: jax.Array | None) -> jax.Array:
     refined = model.apply({"params": params}, *(pixels.to_unit(x) for x in (
-        decoded, first, last, decoded_first, decoded_last)), fraction)
+        decoded, first, last, decoded_first, decoded_last)), fraction,
+        None if statistics is None else pixels.to_unit(statistics))
     return pixels.to_uint8(refined)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +47,24 @@ class Refiner:
         object.__setattr__(self, "_refine", jax.jit(
             lambda p, *images: _refine(self.model, p, *images)))
 
+    @property
+    def uses_candidates(self) -> bool:
+        """Whether it reads the statistics of K candidate clips (`generation.generate_frames`)."""
+        return self.model.candidate_statistics
+
     def refine(self, clips: np.ndarray, first: np.ndarray, last: np.ndarray,
-               decoded_first: np.ndarray, decoded_last: np.ndarray,
-               num_frames: int) -> np.ndarray:
+               decoded_first: np.ndarray, decoded_last: np.ndarray, num_frames: int,
+               statistics: np.ndarray | None = None) -> np.ndarray:
         """uint8 in-betweens (B, M, H, W, 3), frames 1..M of clips of `num_frames` frames, with
         their uint8 given frames and those frames' decodes (B, H, W, 3) -> refined, same shape.
+        `statistics`: the candidates' uint8 `generation.candidate_statistics` (B, M, H, W, 9),
+        given exactly when `uses_candidates`.
 
         Each clip's in-betweens go through the network together (one call per clip)."""
+        if self.uses_candidates != (statistics is not None):
+            raise UserError("this refiner reads candidate statistics; generate with "
+                            "selection='medoid' and candidates > 1" if self.uses_candidates else
+                            "candidate statistics given to a refiner that does not read them")
         batch, middle = clips.shape[:2]
         fraction = jnp.arange(1, middle + 1, dtype=jnp.float32) / (num_frames - 1)
         out = np.empty_like(clips)
@@ -59,7 +72,8 @@ class Refiner:
             repeat = lambda frame: np.broadcast_to(frame, (middle, *frame.shape))
             out[index] = np.asarray(self._refine(
                 self.params, clips[index], repeat(first[index]), repeat(last[index]),
-                repeat(decoded_first[index]), repeat(decoded_last[index]), fraction))
+                repeat(decoded_first[index]), repeat(decoded_last[index]), fraction,
+                None if statistics is None else statistics[index]))
         return out
 
 
@@ -74,9 +88,8 @@ def load_refiner(workdir: str | pathlib.Path) -> Refiner:
             raise UserError(f"the checkpoint in {workdir} is of stage {config.get('stage')!r}, "
                             "not a refiner; give the workdir of a stage-3 (refiner) run.")
         model = FrameRefiner(**config.model)
-        image = jnp.zeros((1, config.data.height, config.data.width, 3))
-        abstract = jax.eval_shape(lambda: model.init(
-            jax.random.key(0), image, image, image, image, image, jnp.zeros((1,)))["params"])
+        abstract = jax.eval_shape(lambda: init_params(
+            model, jax.random.key(0), config.data.height, config.data.width))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         params = checkpointing.restore_params(manager, step, PARAMS_FIELD, abstract, device)
     return Refiner(config=config, model=model, params=params, step=step, workdir=workdir)

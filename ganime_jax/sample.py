@@ -87,6 +87,9 @@ def _load_refiner(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Re
         raise UserError(f"the refiner in {workdir} was trained on {data.height}x{data.width} "
                         f"frames, the tokenizer makes {tokenizer.frame_shape[0]}x"
                         f"{tokenizer.frame_shape[1]}; use a refiner trained with this tokenizer.")
+    kept = choice(config)
+    generation.check_refiner_choice(refiner.uses_candidates, kept["candidates"],
+                                    kept["selection"])
     return refiner
 
 

@@ -288,15 +288,19 @@ def clips_loader(
     min_frames: int,
     options: LoaderOptions,
     random_crop: bool = True,
+    kind: str = "clips",
 ) -> grain.DataLoader:
     """Batches {"frames": (B, max_frames, H, W, 3) uint8, "n_frames": (B,) int32} of clips.
 
     Clips are cropped/padded to `max_frames` (see `_CropOrPad`); clips shorter than
-    `min_frames` are skipped.
+    `min_frames` are skipped. `kind="candidates"` reads a "candidates" dataset the same way
+    (its frames have 15 channels, `tfds_io.CANDIDATE_IMAGES`).
     """
+    if kind not in ("clips", "candidates"):
+        raise ValueError(f"clips_loader reads clips or candidates, not {kind!r}")
     crop = _CropOrPad(max_frames, random_crop)
     return _clip_loader(
-        data_root, name, split, "clips", crop, min_frames, global_batch_size, options
+        data_root, name, split, kind, crop, min_frames, global_batch_size, options
     )
 
 

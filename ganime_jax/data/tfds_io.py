@@ -10,6 +10,11 @@ Three kinds of examples:
 - "frames": {"frame": (H, W, 3) uint8, "source": str, "shot_index": int, "frame_index": int}
 - "tokens": {"tokens": (T, h*w) int16 or int32 (a clip's VQ-GAN token grids, flattened row-major),
              "n_frames": int, "source": str, "shot_index": int, "clip_index": int}
+- "candidates": a clip as "clips" has it, with what generation made of it beside each frame:
+             "frames" (T, H, W, 15) uint8, per frame the true RGB, then the decode of the kept
+             candidate's tokens (of the given tokens at frames 0 and T-1), then the K
+             candidates' per-pixel median, mean and spread (zero at frames 0 and T-1); the
+             training data of a stage-3 refiner that reads candidate statistics.
 For "tokens", `frame_shape` is (h*w,) and `dtype` names the integer type.
 
 Writing is atomic: TFDS prepares into a staging folder beside the final one, which is swapped
@@ -32,8 +37,10 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from ganime_jax.errors import UserError
 
-KINDS = ("clips", "frames", "tokens")
-SEQUENCE_KINDS = ("clips", "tokens")  # one example per clip, with n_frames
+KINDS = ("clips", "frames", "tokens", "candidates")
+SEQUENCE_KINDS = ("clips", "tokens", "candidates")  # one example per clip, with n_frames
+# The RGB images a "candidates" frame stacks on its channel axis, in order.
+CANDIDATE_IMAGES = ("true", "decoded", "median", "mean", "spread")
 TOKEN_DTYPES = ("int16", "int32")
 METADATA_FILE = "ganime_metadata.json"
 TFDS_INFO_FILE = "dataset_info.json"
@@ -51,13 +58,15 @@ _INT_FIELDS = {
     "clips": ("n_frames", "shot_index", "clip_index"),
     "frames": ("shot_index", "frame_index"),
     "tokens": ("n_frames", "shot_index", "clip_index"),
+    "candidates": ("n_frames", "shot_index", "clip_index"),
 }
 _KEY_FIELDS = {
     "clips": ("shot_index", "clip_index"),
     "frames": ("shot_index", "frame_index"),
     "tokens": ("shot_index", "clip_index"),
+    "candidates": ("shot_index", "clip_index"),
 }
-_ARRAY_FIELD = {"clips": "frames", "frames": "frame", "tokens": "tokens"}
+_ARRAY_FIELD = {"clips": "frames", "frames": "frame", "tokens": "tokens", "candidates": "frames"}
 
 
 def variant_name(dataset: str, kind: str) -> str:
@@ -348,7 +357,12 @@ class _TokensBuilder(_Builder, skip_registration=True):
     name = "ganime_tokens"
 
 
-_BUILDERS = {"clips": _ClipsBuilder, "frames": _FramesBuilder, "tokens": _TokensBuilder}
+class _CandidatesBuilder(_Builder, skip_registration=True):
+    name = "ganime_candidates"
+
+
+_BUILDERS = {"clips": _ClipsBuilder, "frames": _FramesBuilder, "tokens": _TokensBuilder,
+             "candidates": _CandidatesBuilder}
 
 
 def _array_dtype(kind: str, dtype: str | None) -> np.dtype:
@@ -370,6 +384,11 @@ def _validate_write_args(path: pathlib.Path, kind: str, splits: Mapping, frame_s
     if kind == "tokens":
         if len(tuple(frame_shape)) != 1 or int(tuple(frame_shape)[0]) < 1:
             raise UserError(f"frame_shape {tuple(frame_shape)} of tokens must be (h*w,)")
+    elif kind == "candidates":
+        channels = 3 * len(CANDIDATE_IMAGES)
+        if len(tuple(frame_shape)) != 3 or tuple(frame_shape)[-1] != channels:
+            raise UserError(f"frame_shape {tuple(frame_shape)} of candidates must be "
+                            f"(height, width, {channels})")
     elif len(tuple(frame_shape)) != 3 or tuple(frame_shape)[-1] != 3:
         raise UserError(f"frame_shape {tuple(frame_shape)} must be (height, width, 3)")
     if not splits:

@@ -50,6 +50,8 @@ def _stage_splits(config: ml_collections.ConfigDict) -> tuple[str, list[str]] | 
     build it (stage 2's tokens take every split of the clips); None when not known yet."""
     data = config.data
     kinds = {"gpt": ("tokens", "clips"), "refiner": ("clips",)}.get(config.stage, ("frames",))
+    if config.stage == "refiner" and config.model.get("candidate_statistics"):
+        kinds = ("candidates",)
     for kind in kinds:
         name = tfds_io.variant_name(data.dataset, kind)
         if tfds_io.dataset_exists(data.data_root, name):

@@ -3,8 +3,10 @@
 Each training clip gives one target: an in-between frame t drawn uniformly from 1..n-2 of its
 n real frames. The target, the first and the last frame go through the frozen VQ-GAN (encode,
 then decode) inside the step, so the refiner learns on what the tokenizer makes of true
-frames; at generation time it refines what the GPT's tokens decode to. Loss: L1 plus the
-weighted LPIPS distance to the true frame.
+frames; at generation time it refines what the GPT's tokens decode to. A refiner with
+`candidate_statistics` learns instead on what a GPT drew (a "candidates" dataset,
+`ganime_jax.candidate_dataset`): the decodes and statistics are read from the batch. Loss: L1
+plus the weighted LPIPS distance to the true frame.
 """
 from typing import Any
 
@@ -16,7 +18,8 @@ import optax
 
 from ganime_jax.data import pixels
 from ganime_jax.losses.perceptual import lpips_distance
-from ganime_jax.models.refiner import FrameRefiner
+from ganime_jax.data.tfds_io import CANDIDATE_IMAGES
+from ganime_jax.models.refiner import FrameRefiner, init_params
 from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.tokenizer import decode_tokens, encode_frames
 
@@ -37,8 +40,7 @@ class StepFns:
 
 
 def init_state(rng: jax.Array, fns: StepFns, frame_shape: tuple[int, int, int]) -> RefinerState:
-    image = jnp.zeros((1, *frame_shape), jnp.float32)
-    params = fns.model.init(rng, image, image, image, image, image, jnp.zeros((1,)))["params"]
+    params = init_params(fns.model, rng, frame_shape[0], frame_shape[1])
     return RefinerState(step=jnp.zeros((), jnp.int32), params=params,
                         opt_state=fns.tx.init(params))
 
@@ -53,7 +55,10 @@ def through_tokenizer(fns: StepFns, tokenizer_params: Any, frames: jax.Array) ->
 def refiner_inputs(fns: StepFns, tokenizer_params: Any, frames: jax.Array, n_frames: jax.Array,
                    index: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
     """(the refiner's inputs, the true frame in [-1, 1]) for in-between `index` (B,) of each
-    clip `frames` (B, T, H, W, 3) uint8 with `n_frames` (B,) real frames."""
+    clip `frames` (B, T, H, W, 3) uint8 with `n_frames` (B,) real frames; for a refiner with
+    candidate statistics, of "candidates" frames (B, T, H, W, 15)."""
+    if fns.model.candidate_statistics:
+        return candidate_inputs(frames, n_frames, index)
     rows = jnp.arange(frames.shape[0])
     last_index = n_frames - 1
     target, first, last = (frames[rows, index], frames[:, 0], frames[rows, last_index])
@@ -64,6 +69,21 @@ def refiner_inputs(fns: StepFns, tokenizer_params: Any, frames: jax.Array, n_fra
     inputs = tuple(pixels.to_unit(x) for x in (decoded, first, last, decoded_first,
                                                  decoded_last)) + (fraction,)
     return inputs, pixels.to_unit(target)
+
+
+def candidate_inputs(frames: jax.Array, n_frames: jax.Array, index: jax.Array
+                     ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """`refiner_inputs` from "candidates" frames (`tfds_io.CANDIDATE_IMAGES` on the channel
+    axis): the kept candidate's decode, the given frames and their decodes, the place, the
+    candidates' statistics; and the true frame."""
+    rows = jnp.arange(frames.shape[0])
+    images = lambda x: jnp.split(pixels.to_unit(x), len(CANDIDATE_IMAGES), axis=-1)
+    true, decoded, *statistics = images(frames[rows, index])
+    first, decoded_first, *_ = images(frames[:, 0])
+    last, decoded_last, *_ = images(frames[rows, n_frames - 1])
+    fraction = index.astype(jnp.float32) / (n_frames - 1).astype(jnp.float32)
+    return (decoded, first, last, decoded_first, decoded_last, fraction,
+            jnp.concatenate(statistics, axis=-1)), true
 
 
 def losses(fns: StepFns, params: Any, inputs: tuple[jax.Array, ...], target: jax.Array,

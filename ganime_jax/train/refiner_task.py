@@ -3,6 +3,8 @@
 The refiner is small (a few hundred thousand parameters), so its state is replicated and only
 the batch is split over the mesh. Held-out figures: L1 and LPIPS of every in-between of the
 first `eval.num_batches * eval.batch_size` clips of `eval.split`, refined and plainly decoded.
+A refiner with `candidate_statistics` reads `{dataset}_candidates` (`ganime_jax.candidate_dataset`)
+instead of `{dataset}_clips`; its "plainly decoded" figures are then the kept candidate's.
 """
 import functools
 from typing import Any, Iterator
@@ -15,7 +17,7 @@ from ganime_jax import checkpointing, mesh as mesh_lib
 from ganime_jax.data import pipeline, tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.losses.perceptual import load_lpips_params
-from ganime_jax.models.refiner import FrameRefiner, check_frame_size
+from ganime_jax.models.refiner import FrameRefiner, check_blend_init, check_frame_size
 from ganime_jax.tokenizer import load_tokenizer
 from ganime_jax.train import optimizers, refiner_step
 from ganime_jax.train.loop import TrainingClock
@@ -30,6 +32,33 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         raise UserError(f"config.data.min_frames={config.data.min_frames}: a clip needs at "
                         "least 3 frames (first, last, one in between).")
     check_frame_size(config.data.height, config.data.width, len(config.model.widths))
+    check_blend_init(config.model.blend_init, config.model.candidate_statistics)
+
+
+def dataset_kind(config: ml_collections.ConfigDict) -> str:
+    """The kind of dataset the refiner trains on: "candidates" or "clips"."""
+    return "candidates" if config.model.candidate_statistics else "clips"
+
+
+def check_candidates(config: ml_collections.ConfigDict, fingerprint: str) -> None:
+    """A candidates dataset must exist, be drawn through this tokenizer, and hold whole clips
+    of `data.max_frames` frames (a crop would lose the given frames)."""
+    data = config.data
+    name = tfds_io.variant_name(data.dataset, "candidates")
+    if not tfds_io.dataset_exists(data.data_root, name):
+        raise UserError(f"no {name} dataset in {data.data_root}: draw it with a bundle of the GPT "
+                        "whose output this refiner will refine: `python -m data_prep.candidates "
+                        f"--bundle=DIR --data_root={data.data_root} --num_clips=train:1024 "
+                        f"--num_clips={config.eval.split}:256`.")
+    metadata = tfds_io.read_metadata(data.data_root, name)
+    if metadata["tokenizer"]["fingerprint"] != fingerprint:
+        raise UserError(f"{tfds_io.dataset_path(data.data_root, name)} was drawn through another "
+                        f"tokenizer ({metadata['tokenizer']['workdir']}) than "
+                        f"config.tokenizer.workdir={config.tokenizer.workdir}; draw it again.")
+    num_frames = metadata["draws"]["num_frames"]
+    if not data.min_frames == data.max_frames == num_frames:
+        raise UserError(f"{name} holds clips of {num_frames} frames: set config.data.min_frames "
+                        f"and max_frames to {num_frames}.")
 
 
 def build_fns(config: ml_collections.ConfigDict, tokenizer: Any) -> refiner_step.StepFns:
@@ -51,6 +80,8 @@ class RefinerTask:
             raise UserError(f"the tokenizer in {config.tokenizer.workdir} takes frames of "
                             f"{tokenizer.frame_shape}, the config's data "
                             f"{config.data.height}x{config.data.width}: set config.data to match.")
+        if config.model.candidate_statistics:
+            check_candidates(config, tokenizer.fingerprint())
         self.tokenizer_params = tokenizer.params
         self.fns = build_fns(config, tokenizer)
         self.frame_shape = tokenizer.frame_shape
@@ -83,11 +114,12 @@ class RefinerTask:
 
     def train_batches(self, data_state: bytes | None) -> Iterator[tuple[dict, bytes]]:
         data = self.config.data
+        kind = dataset_kind(self.config)
         iterator = iter(pipeline.clips_loader(
-            data.data_root, tfds_io.variant_name(data.dataset, "clips"), data.train_split,
+            data.data_root, tfds_io.variant_name(data.dataset, kind), data.train_split,
             global_batch_size=self.config.train.batch_size, max_frames=data.max_frames,
             min_frames=data.min_frames,
-            options=pipeline.LoaderOptions.from_config(data, self.config.seed)))
+            options=pipeline.LoaderOptions.from_config(data, self.config.seed), kind=kind))
         if data_state is not None:
             iterator.set_state(data_state)
         return pipeline.prefetch_to_mesh(iterator, self.mesh, size=data.prefetch,
@@ -107,7 +139,7 @@ class RefinerTask:
         if self._eval_batches is None:
             cfg = self.config
             self._eval_batches = tfds_io.first_clip_batches(
-                cfg.data.data_root, tfds_io.variant_name(cfg.data.dataset, "clips"),
+                cfg.data.data_root, tfds_io.variant_name(cfg.data.dataset, dataset_kind(cfg)),
                 cfg.eval.split, "frames", min_frames=cfg.data.min_frames,
                 max_frames=cfg.data.max_frames, batch_size=cfg.eval.batch_size,
                 num_batches=cfg.eval.num_batches, dtype=np.uint8)

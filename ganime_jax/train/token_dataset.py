@@ -64,7 +64,7 @@ def _shard_path(staging: pathlib.Path, split: str, index: int) -> pathlib.Path:
     return staging / f"{split}-{index:05d}.npz"
 
 
-def _prepare_staging(staging: pathlib.Path, manifest: dict) -> None:
+def prepare_staging(staging: pathlib.Path, manifest: dict) -> None:
     """Keeps the staged shards of a previous run with the same manifest, else starts over."""
     path = staging / MANIFEST_FILE
     if staging.exists():
@@ -154,7 +154,7 @@ def build_token_dataset(data_root: str, dataset: str, tokenizer_workdir: str | p
     name = tfds_io.variant_name(dataset, "tokens")
     staging = pathlib.Path(data_root) / f".{name}.staging"
     splits = tfds_io.split_names(data_root, source_name)
-    _prepare_staging(staging, {"tokenizer": info["fingerprint"], "clips": summary,
+    prepare_staging(staging, {"tokenizer": info["fingerprint"], "clips": summary,
                                "clips_per_shard": clips_per_shard})
     dtype = token_dtype(tokenizer.num_embeddings)
     num_shards = {}

@@ -1,0 +1,31 @@
+"""Stage 3 on Moving MNIST: a refiner that reads the shipped GPT's candidates.
+
+    python -m data_prep.candidates --bundle=ganime_jax/assets/moving_mnist --data_root=datasets \
+        --num_clips=train:1024 --num_clips=validation:64
+    python main.py --config=configs/refiner_mnist_demo.py      # -> workdirs/refiner_mnist_demo
+
+The Moving MNIST GPT draws sharp digits, often in the wrong place: a digit a few pixels off costs
+PSNR twice, and no choice among its draws reaches the black frame's PSNR (README, "What no
+choice among the draws can reach"). This refiner reads, beside the medoid of the bundle's 8
+draws and the given frames, the 8 draws' per-pixel median, mean and spread, and learns on the
+GPT's own draws of training clips (a "candidates" dataset) to keep what the draws agree on.
+L1 alone taught a scratch probe to output black; LPIPS keeps the digits.
+"""
+import ml_collections
+
+from configs import refiner_demo, vqgan_mnist_demo
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = refiner_demo.get_config()
+    config.tokenizer.workdir = "ganime_jax/assets/moving_mnist/vqgan"
+    config.data = vqgan_mnist_demo.get_config().data
+    # Whole 20-frame clips, as the candidates were drawn (a crop would lose the given frames).
+    config.data.max_frames = 20
+    config.data.min_frames = 20
+    # Blended: the kept draw, the first and last frame, the draws' median and mean.
+    config.model.update(candidate_statistics=True, blend_init=(2.0, -2.0, -2.0, 0.0, -1.0))
+    config.train.num_steps = 2_000
+    # 4 batches of 16 validation clips, every in-between of each: 1,152 frames.
+    config.eval.update(every=500, num_batches=4)
+    return config
