@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import gpt_tiny, refiner_mnist_demo, vqgan_tiny
+from configs import gpt_tiny, refiner_mnist_demo
 from data_prep.candidates import parse_num_clips
 from ganime_jax import bundle, candidate_dataset, export, generation, sample
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.models.refiner import CANDIDATE_STATISTICS, FrameRefiner
 from ganime_jax.train import entry
+from refiner_helpers import tiny_refiner_config
 from stage2_helpers import gpt_workdir
 
 pytestmark = pytest.mark.costly(seconds=60)
@@ -23,18 +24,9 @@ SAMPLE = ("method=top_k", "top_k=5", "candidates=2", "selection=medoid")
 
 
 def _refiner_config(data_root: str, tokenizer_workdir: str, num_steps: int):
-    """refiner_mnist_demo on the tiny dataset and tokenizer: two levels of 4 and 8 channels."""
-    config = refiner_mnist_demo.get_config()
-    config.tokenizer.workdir = tokenizer_workdir
-    tiny = vqgan_tiny.get_config().data
-    config.data.update(dataset=tiny.dataset, height=tiny.height, width=tiny.width,
-                       data_root=data_root, read_threads=0, max_frames=NUM_FRAMES,
-                       min_frames=NUM_FRAMES)
-    config.data.embedded = tiny.embedded
-    config.model.widths = (4, 8)
-    config.train.update(batch_size=8, num_steps=num_steps, log_every=1, checkpoint_every=2)
-    config.eval.update(every=2, batch_size=8, num_batches=1, split="test")
-    return config
+    """refiner_mnist_demo on the tiny dataset and tokenizer, whole clips of NUM_FRAMES."""
+    return tiny_refiner_config(refiner_mnist_demo.get_config(), data_root, tokenizer_workdir,
+                               num_steps, min_frames=NUM_FRAMES, max_frames=NUM_FRAMES)
 
 
 @pytest.fixture(scope="module")

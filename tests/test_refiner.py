@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import gpt_tiny, refiner_demo, vqgan_tiny
+from configs import gpt_tiny, refiner_demo
 from ganime_jax import bundle, checkpointing, export, generation, sample
 from ganime_jax.data import tfds_io
 from ganime_jax.errors import UserError
@@ -16,23 +16,16 @@ from ganime_jax.evaluation import run as eval_run
 from ganime_jax.models.refiner import FrameRefiner
 from ganime_jax.refiner import load_refiner
 from ganime_jax.train import entry
+from refiner_helpers import tiny_refiner_config
 from stage2_helpers import gpt_workdir
 
 pytestmark = pytest.mark.costly(seconds=60)
 
 
 def _tiny_config(data_root: str, tokenizer_workdir: str, num_steps: int):
-    """refiner_demo on the tiny dataset and tokenizer: two levels of 4 and 8 channels."""
-    config = refiner_demo.get_config()
-    config.tokenizer.workdir = tokenizer_workdir
-    tiny = vqgan_tiny.get_config().data
-    config.data.update(dataset=tiny.dataset, height=tiny.height, width=tiny.width,
-                       data_root=data_root, read_threads=0, max_frames=8, min_frames=4)
-    config.data.embedded = tiny.embedded
-    config.model.widths = (4, 8)
-    config.train.update(batch_size=8, num_steps=num_steps, log_every=1, checkpoint_every=2)
-    config.eval.update(every=2, batch_size=8, num_batches=1, split="test")
-    return config
+    """refiner_demo on the tiny dataset and tokenizer, clips of 4 to 8 frames."""
+    return tiny_refiner_config(refiner_demo.get_config(), data_root, tokenizer_workdir,
+                               num_steps, min_frames=4, max_frames=8)
 
 
 @pytest.fixture(scope="module")
