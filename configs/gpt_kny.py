@@ -148,6 +148,10 @@ def get_config() -> ml_collections.ConfigDict:
     # A stage-3 refiner workdir (configs/refiner_demo.py): refines the decoded in-betweens with
     # the two given frames; "" decodes them plainly. Relative in a bundle: to the bundle folder.
     config.sample.refiner_workdir = ""
+    # The kept draw's share w of each refined in-between: (1 - w) * refined + w * draw. The
+    # refiner's pixel losses pull it towards the blurred mean, the draw is sharp; tune w on
+    # validation clips (`ganime_jax.refiner`).
+    config.sample.refiner_draw_weight = 0.0
     config.sample.seed = 0
     config.sample.num_frames = 20  # default clip length of --mode=sample
     config.sample.num_clips = 4  # held-out clips in a GIF / grid

@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
         widths=(32, 64, 96), convs_per_level=2, blend_init=(3.0, -1.0, -1.0),
         candidate_statistics=False, dtype="float32"))
     config.loss = ml_collections.ConfigDict(dict(
-        l1_weight=1.0, perceptual_weight=1.0, perceptual_dtype="float32"))
+        l1_weight=1.0, perceptual_weight=1.0, perceptual_dtype="float32",
+        # Weight of the negative per-frame PSNR (dB); 0: not computed.
+        psnr_weight=0.0))
     # A scratch probe at lr 2e-3 moved away from the plain decode before it learned anything;
     # 5e-4 learned from step ~300 on.
     config.optimizer = ml_collections.ConfigDict(dict(

@@ -50,7 +50,7 @@ EVAL_OVERRIDE_SECTIONS = ("evaluate", "sample", "data.eval_split")
 # an older bundle sampled: filled in on load so that --config.sample.<field> can set them.
 # The choice fields are `generation.generate_frames` keywords (`sample.choice`).
 CHOICE_FIELDS_SINCE = {"candidates": 1, "selection": "arrival", "direction": "forward"}
-SAMPLE_FIELDS_SINCE = {**CHOICE_FIELDS_SINCE, "refiner_workdir": ""}
+SAMPLE_FIELDS_SINCE = {**CHOICE_FIELDS_SINCE, "refiner_workdir": "", "refiner_draw_weight": 0.0}
 EXPORT_COMMAND = ("python -m ganime_jax.export --vqgan_workdir=workdirs/vqgan_demo "
                   "--gpt_workdir=workdirs/gpt_demo --out={}")
 

@@ -3,6 +3,13 @@
 
 Only the parameters are read from the newest checkpoint; the config comes from the same
 checkpoint. `refine` takes uint8 frames and gives uint8 frames.
+
+A `draw_weight` w > 0 gives (1 - w) * refined + w * the kept draw. A refiner trained on pixel
+losses moves towards the mean of what the true frame could be (high PSNR, blurred); the draw is
+a sample (sharp, often misplaced). Mixing the two walks the distortion-perception trade-off
+(Freirich, Michaeli & Meir, NeurIPS 2021: interpolating between the minimum-MSE estimate and a
+sample is optimal along it for Gaussian sources), so w is tuned on validation clips after
+training, not learned.
 """
 import dataclasses
 import pathlib
@@ -23,14 +30,15 @@ TRAIN_HINT = ("train it first: python main.py --config=configs/refiner_demo.py -
               "or set config.sample.refiner_workdir to \"\" to generate without one")
 
 
-def _refine(model: FrameRefiner, params: Any, decoded: jax.Array, first: jax.Array,
-            last: jax.Array, decoded_first: jax.Array, decoded_last: jax.Array,
-            fraction: jax.Array, statistics: jax.Array | None) -> jax.Array:
-    refined = model.apply({"params": params}, *(pixels.to_unit(x) for x in (
-        decoded, first, last, decoded_first, decoded_last)), fraction,
+def _refine(model: FrameRefiner, params: Any, draw_weight: float, decoded: jax.Array,
+            first: jax.Array, last: jax.Array, decoded_first: jax.Array,
+            decoded_last: jax.Array, fraction: jax.Array,
+            statistics: jax.Array | None) -> jax.Array:
+    decoded = pixels.to_unit(decoded)
+    refined = model.apply({"params": params}, decoded, *(pixels.to_unit(x) for x in (
+        first, last, decoded_first, decoded_last)), fraction,
         None if statistics is None else pixels.to_unit(statistics))
-    return pixels.to_uint8(refined)
-
+    return pixels.to_uint8((1.0 - draw_weight) * refined + draw_weight * decoded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +50,11 @@ class Refiner:
     params: Any
     step: int
     workdir: pathlib.Path
+    draw_weight: float = 0.0  # of the kept draw in the output (module docstring)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_refine", jax.jit(
-            lambda p, *images: _refine(self.model, p, *images)))
+            lambda p, *images: _refine(self.model, p, self.draw_weight, *images)))
 
     @property
     def uses_candidates(self) -> bool:
@@ -77,8 +86,12 @@ class Refiner:
         return out
 
 
-def load_refiner(workdir: str | pathlib.Path) -> Refiner:
-    """The refiner of the newest checkpoint in a stage-3 workdir, frozen."""
+def load_refiner(workdir: str | pathlib.Path, draw_weight: float = 0.0) -> Refiner:
+    """The refiner of the newest checkpoint in a stage-3 workdir, frozen, mixing `draw_weight`
+    of the kept draw into its output."""
+    if not 0.0 <= draw_weight <= 1.0:
+        raise UserError(f"config.sample.refiner_draw_weight must be in [0, 1] (the kept draw's "
+                        f"share of each refined in-between), got {draw_weight}.")
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
         raise UserError(f"refiner workdir {workdir} does not exist; " + TRAIN_HINT.format(workdir))
@@ -92,4 +105,5 @@ def load_refiner(workdir: str | pathlib.Path) -> Refiner:
             model, jax.random.key(0), config.data.height, config.data.width))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         params = checkpointing.restore_params(manager, step, PARAMS_FIELD, abstract, device)
-    return Refiner(config=config, model=model, params=params, step=step, workdir=workdir)
+    return Refiner(config=config, model=model, params=params, step=step, workdir=workdir,
+                   draw_weight=float(draw_weight))

@@ -81,7 +81,7 @@ def _load_refiner(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Re
     workdir = config.sample.get("refiner_workdir", "")
     if not workdir:
         return None
-    refiner = load_refiner(workdir)
+    refiner = load_refiner(workdir, config.sample.get("refiner_draw_weight", 0.0))
     data = refiner.config.data
     if (data.height, data.width) != tokenizer.frame_shape[:2]:
         raise UserError(f"the refiner in {workdir} was trained on {data.height}x{data.width} "
@@ -224,6 +224,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     best = choice_label(sampling["candidates"], sampling["selection"], sampling["direction"])
     if generator.refiner is not None:
         best += f", refined by the step-{generator.refiner.step} refiner"
+        if generator.refiner.draw_weight:
+            best += f" keeping {generator.refiner.draw_weight:g} of the draw"
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
           f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)

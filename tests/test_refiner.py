@@ -10,12 +10,13 @@ import pytest
 
 from configs import gpt_tiny, refiner_demo
 from ganime_jax import bundle, checkpointing, export, generation, sample
-from ganime_jax.data import tfds_io
+from ganime_jax.data import pixels, tfds_io
 from ganime_jax.errors import UserError
 from ganime_jax.evaluation import run as eval_run
+from ganime_jax.metrics import image
 from ganime_jax.models.refiner import FrameRefiner
 from ganime_jax.refiner import load_refiner
-from ganime_jax.train import entry
+from ganime_jax.train import entry, refiner_step
 from refiner_helpers import tiny_refiner_config
 from stage2_helpers import gpt_workdir
 
@@ -61,6 +62,29 @@ def test_refiner_starts_near_the_decoded_frame():
                                             jnp.zeros((2,)))
 
 
+def test_the_psnr_term_is_the_eval_psnr():
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (2, 8, 16, 3), dtype=np.uint8) for _ in range(6)]
+    truth, decoded, *given = frames
+    np.testing.assert_allclose(
+        refiner_step.frame_psnr(pixels.to_unit(decoded), pixels.to_unit(truth)),
+        image.psnr(decoded, truth), rtol=1e-5)
+    model = FrameRefiner(widths=(4, 8))
+    inputs = tuple(pixels.to_unit(x) for x in (decoded, *given)) + (jnp.array([0.25, 0.5]),)
+    params = model.init(jax.random.key(0), *inputs)["params"]
+    fns = refiner_step.StepFns(model=model, tx=None, tokenizer=None, grid_shape=(1, 1))
+    loss_cfg = refiner_demo.get_config().loss
+    loss_cfg.update(l1_weight=2.0, perceptual_weight=0.0, psnr_weight=0.5)
+    terms = refiner_step.losses(fns, params, inputs, pixels.to_unit(truth), None, loss_cfg)
+    refined = model.apply({"params": params}, *inputs)
+    expected_psnr = jnp.mean(refiner_step.frame_psnr(refined, pixels.to_unit(truth)))
+    np.testing.assert_allclose(terms["psnr"], expected_psnr, rtol=1e-6)
+    np.testing.assert_allclose(terms["loss"], 2.0 * terms["l1"] - 0.5 * terms["psnr"], rtol=1e-6)
+    loss_cfg.psnr_weight = 0.0
+    assert "psnr" not in refiner_step.losses(fns, params, inputs, pixels.to_unit(truth), None,
+                                             loss_cfg)
+
+
 def test_training_resumes_and_reports_held_out_figures(run):
     assert run["first"].step == 2 and run["resumed"].step == 3
     final = json.loads((run["refiner"] / "final_metrics.json").read_text())
@@ -70,7 +94,7 @@ def test_training_resumes_and_reports_held_out_figures(run):
     clips = tfds_io.first_records(run["data_root"], "tiny_anime_clips", "test", min_frames=4,
                                   count=100)
     assert figures["num_frames"] == sum(min(len(c["frames"]), 8) - 2 for c in clips)
-    for name in ("l1", "lpips", "l1_decoded", "lpips_decoded"):
+    for name in ("l1", "lpips", "l1_decoded", "lpips_decoded", "psnr", "psnr_decoded"):
         assert np.isfinite(figures[name]) and figures[name] >= 0
     assert figures["lpips_gain"] == pytest.approx(figures["lpips_decoded"] - figures["lpips"])
     assert set(run["resumed"].last_metrics) >= {"l1", "lpips", "loss", "grad_norm"}
@@ -97,6 +121,23 @@ def test_generation_with_the_refiner(run):
     assert not np.array_equal(out[0][:, 1:-1], out[1][:, 1:-1])
 
 
+def test_the_draw_weight_mixes_the_draw_back_in(run):
+    rng = np.random.default_rng(2)
+    drawn, first, last = (rng.integers(0, 256, (1, 3, 8, 16, 3), dtype=np.uint8)
+                          for _ in range(3))
+    ends = first[:, 0], last[:, 0], first[:, 1], last[:, 1]
+    refined = {w: load_refiner(run["refiner"], draw_weight=w).refine(drawn, *ends, num_frames=5)
+               for w in (0.0, 0.25, 1.0)}
+    np.testing.assert_array_equal(refined[1.0], drawn)  # all draw: the draw itself
+    assert not np.array_equal(refined[0.0], drawn)
+    mixed = 0.75 * refined[0.0].astype(np.float32) + 0.25 * drawn.astype(np.float32)
+    np.testing.assert_allclose(refined[0.25], mixed, atol=1.0)  # one rounding of uint8 apart
+    config = run["gpt_config"].copy_and_resolve_references()
+    config.sample.update(refiner_workdir=str(run["refiner"]), refiner_draw_weight=1.5)
+    with pytest.raises(UserError, match="refiner_draw_weight must be in"):
+        sample.load_generator(config, run["gpt"])
+
+
 def test_bundle_carries_the_refiner(run, tmp_path, monkeypatch):
     out = export.export_bundle(run["gpt"], tmp_path / "bundle",
                                refiner_workdir=str(run["refiner"]))
@@ -112,9 +153,15 @@ def test_bundle_carries_the_refiner(run, tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(generator.refiner.params), jax.tree.leaves(source.params)):
         np.testing.assert_array_equal(a, b)
     # without one: the GPT run's own setting ("" here)
+    assert generator.refiner.draw_weight == 0.0
     plain = export.export_bundle(run["gpt"], tmp_path / "plain")
     assert json.loads((plain / bundle.MANIFEST).read_text())["refiner"] is None
     assert bundle.load_sample_run(plain).config.sample.refiner_workdir == ""
+    mixing = export.export_bundle(run["gpt"], tmp_path / "mixing",
+                                  refiner_workdir=str(run["refiner"]),
+                                  sample_settings=("refiner_draw_weight=0.25",))
+    loaded = bundle.load_sample_run(mixing)
+    assert sample.load_generator(loaded.config, loaded.workdir).refiner.draw_weight == 0.25
 
 
 def test_a_refiner_of_another_tokenizer_is_refused(run, tmp_path):
@@ -137,5 +184,8 @@ def test_eval_reports_the_refined_model(run, tmp_path):
     assert results["refiner_step"] == 3
     assert results["methods"]["model"]["label"] == "model (greedy, refined)"
     assert any("stage-3 refiner of" in note for note in results["notes"])
+    config.sample.refiner_draw_weight = 0.25
+    assert (eval_run.settings_from_config(config).sampling_label()
+            == "greedy, refined keeping 0.25 of the draw")
     config.sample.refiner_workdir = ""
     assert not eval_run.settings_from_config(config).refined

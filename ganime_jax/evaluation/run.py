@@ -64,6 +64,7 @@ class EvalSettings:
     selection: str  # generation.SELECTIONS
     direction: str  # generation.DIRECTIONS
     refined: bool  # the decoded in-betweens go through config.sample.refiner_workdir's refiner
+    refiner_draw_weight: float  # the kept draw's share of each refined in-between
     fvd: bool
     i3d_batch_size: int
     metrics_batch_size: int  # frames per PSNR / SSIM / LPIPS call
@@ -83,6 +84,8 @@ class EvalSettings:
 
     def sampling_label(self) -> str:
         refined = ", refined" if self.refined else ""
+        if self.refined and self.refiner_draw_weight:
+            refined += f" keeping {self.refiner_draw_weight:g} of the draw"
         if self.method == "greedy":
             return "greedy" + refined
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
@@ -123,6 +126,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings:
         batch_size=section.batch_size, method=section.method or sampling.method,
         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
         **sample.choice(config), refined=bool(config.sample.get("refiner_workdir", "")),
+        refiner_draw_weight=config.sample.get("refiner_draw_weight", 0.0),
         fvd=section.fvd,
         i3d_batch_size=section.i3d_batch_size, metrics_batch_size=section.metrics_batch_size,
         ssim_gaussian=section.ssim_gaussian)

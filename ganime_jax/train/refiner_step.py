@@ -5,8 +5,8 @@ n real frames. The target, the first and the last frame go through the frozen VQ
 then decode) inside the step, so the refiner learns on what the tokenizer makes of true
 frames; at generation time it refines what the GPT's tokens decode to. A refiner with
 `candidate_statistics` learns instead on what a GPT drew (a "candidates" dataset,
-`ganime_jax.candidate_dataset`): the decodes and statistics are read from the batch. Loss: L1
-plus the weighted LPIPS distance to the true frame.
+`ganime_jax.candidate_dataset`): the decodes and statistics are read from the batch. Loss: L1,
+the weighted LPIPS distance to the true frame and, optionally, the weighted negative PSNR.
 """
 from typing import Any
 
@@ -22,6 +22,8 @@ from ganime_jax.data.tfds_io import CANDIDATE_IMAGES
 from ganime_jax.models.refiner import FrameRefiner, init_params
 from ganime_jax.models.vqgan import VQGAN
 from ganime_jax.tokenizer import decode_tokens, encode_frames
+
+PSNR_EPS = 1e-10  # added to the mean squared error (on [0, 1]) before its logarithm
 
 
 @flax.struct.dataclass
@@ -86,11 +88,23 @@ def candidate_inputs(frames: jax.Array, n_frames: jax.Array, index: jax.Array
             jnp.concatenate(statistics, axis=-1)), true
 
 
+def frame_psnr(images: jax.Array, target: jax.Array) -> jax.Array:
+    """PSNR in dB (B,) of images in [-1, 1] (B, H, W, C) against the target, on the [0, 1]
+    scale the eval uses (uncapped; `PSNR_EPS` keeps it finite for identical frames)."""
+    mse = jnp.mean(jnp.square((images - target) / 2), axis=(1, 2, 3))
+    return -10.0 * jnp.log10(mse + PSNR_EPS)
+
+
 def losses(fns: StepFns, params: Any, inputs: tuple[jax.Array, ...], target: jax.Array,
            lpips_params: Any, loss_cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     refined = fns.model.apply({"params": params}, *inputs)
     result = {"l1": jnp.mean(jnp.abs(refined - target))}
     result["loss"] = loss_cfg.l1_weight * result["l1"]
+    if loss_cfg.psnr_weight:
+        # The eval averages PSNR over frames in dB, so a frame already close to its target
+        # weighs more than under L1; the term is negative (higher PSNR, lower loss).
+        result["psnr"] = jnp.mean(frame_psnr(refined, target))
+        result["loss"] -= loss_cfg.psnr_weight * result["psnr"]
     if loss_cfg.perceptual_weight:
         result["lpips"] = jnp.mean(lpips_distance(lpips_params, refined, target,
                                                   dtype=jnp.dtype(loss_cfg.perceptual_dtype)))
@@ -122,8 +136,8 @@ def make_train_step(fns: StepFns, loss_cfg: ml_collections.ConfigDict):
 
 def eval_sums(params: Any, frames: jax.Array, n_frames: jax.Array, index: jax.Array,
               tokenizer_params: Any, lpips_params: Any, *, fns: StepFns) -> dict[str, jax.Array]:
-    """Sums over the clips that have in-between `index` (B,) (index <= n_frames - 2): L1 and
-    LPIPS of the refined decode and of the plain decode (what the refiner starts from), and
+    """Sums over the clips that have in-between `index` (B,) (index <= n_frames - 2): L1, LPIPS
+    and PSNR of the refined decode and of the plain decode (what the refiner starts from), and
     how many clips counted."""
     valid = (index <= n_frames - 2).astype(jnp.float32)
     index = jnp.minimum(index, n_frames - 2)  # a clip without it reads a real frame, uncounted
@@ -135,4 +149,6 @@ def eval_sums(params: Any, frames: jax.Array, n_frames: jax.Array, index: jax.Ar
             "lpips": jnp.sum(valid * lpips_distance(lpips_params, refined, target)),
             "l1_decoded": jnp.sum(valid * l1(decoded)),
             "lpips_decoded": jnp.sum(valid * lpips_distance(lpips_params, decoded, target)),
+            "psnr": jnp.sum(valid * frame_psnr(refined, target)),
+            "psnr_decoded": jnp.sum(valid * frame_psnr(decoded, target)),
             "count": jnp.sum(valid)}

@@ -146,7 +146,7 @@ class RefinerTask:
         return self._eval_batches
 
     def evaluate(self, state: refiner_step.RefinerState) -> dict[str, float]:
-        """Mean L1 / LPIPS over every in-between of the first held-out clips, refined and
+        """Mean L1 / LPIPS / PSNR over every in-between of the first held-out clips, refined and
         plainly decoded, and the LPIPS the refiner removes (`lpips_gain`)."""
         place = lambda v: jax.make_array_from_callback(v.shape, self._batch,
                                                        lambda index: v[index])
