@@ -7,9 +7,9 @@ checkpoint. `refine` takes uint8 frames and gives uint8 frames.
 A `draw_weight` w > 0 gives (1 - w) * refined + w * the kept draw. A refiner trained on pixel
 losses moves towards the mean of what the true frame could be (high PSNR, blurred); the draw is
 a sample (sharp, often misplaced). Mixing the two walks the distortion-perception trade-off
-(Freirich, Michaeli & Meir, NeurIPS 2021: interpolating between the minimum-MSE estimate and a
-sample is optimal along it for Gaussian sources), so w is tuned on validation clips after
-training, not learned.
+(Freirich, Michaeli & Meir, NeurIPS 2021: the estimators optimal along it interpolate between
+the minimum-MSE estimate and one of perfect perceptual quality, which the draw stands in for),
+so w is tuned on validation clips after training, not learned.
 """
 import dataclasses
 import pathlib
