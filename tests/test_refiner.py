@@ -152,8 +152,8 @@ def test_bundle_carries_the_refiner(run, tmp_path, monkeypatch):
     source = load_refiner(run["refiner"])
     for a, b in zip(jax.tree.leaves(generator.refiner.params), jax.tree.leaves(source.params)):
         np.testing.assert_array_equal(a, b)
-    # without one: the GPT run's own setting ("" here)
     assert generator.refiner.draw_weight == 0.0
+    # without one: the GPT run's own setting ("" here)
     plain = export.export_bundle(run["gpt"], tmp_path / "plain")
     assert json.loads((plain / bundle.MANIFEST).read_text())["refiner"] is None
     assert bundle.load_sample_run(plain).config.sample.refiner_workdir == ""
