@@ -52,11 +52,6 @@ def candidate_frames(truth: np.ndarray, drawn: generation.DrawnInBetweens) -> np
     return np.concatenate([truth, decoded, statistics], axis=-1)
 
 
-def sampling_settings(config: ml_collections.ConfigDict) -> dict:
-    """`config.sample`'s token sampling settings (`generation.generate_in_betweens` keywords)."""
-    return {name: config.sample[name] for name in ("method", "temperature", "top_k", "top_p")}
-
-
 def _shard_path(staging: pathlib.Path, split: str, index: int) -> pathlib.Path:
     return staging / f"{split}-{index:05d}.npz"
 
@@ -74,7 +69,7 @@ def _stage_split(generator: sample.Generator, config: ml_collections.ConfigDict,
         if source[i]["n_frames"] >= num_frames:
             keep.append(i)
     num_shards = math.ceil(len(keep) / clips_per_shard)
-    sampling = sampling_settings(config)
+    sampling = sample.sampling_settings(config)
     with tqdm(total=len(keep), desc=f"draw {split}", unit="clip", dynamic_ncols=True) as progress:
         for shard in range(num_shards):
             indices = keep[shard * clips_per_shard:(shard + 1) * clips_per_shard]
@@ -147,7 +142,7 @@ def build_candidate_dataset(bundle_dir: str | pathlib.Path, data_root: str,
     tokenizer = tokenizer_metadata(generator.tokenizer)
     settings = {"bundle": str(pathlib.Path(bundle_dir).absolute()), "gpt_step": generator.step,
                 "tokenizer": tokenizer["fingerprint"], **sample.choice(config),
-                "sampling": sampling_settings(config),
+                "sampling": sample.sampling_settings(config),
                 "num_frames": config.evaluate.num_frames, "num_clips": dict(num_clips),
                 "clips_per_shard": clips_per_shard, "draw_batch_size": draw_batch_size,
                 "seed": seed}

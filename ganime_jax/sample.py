@@ -177,6 +177,17 @@ def choice(config: ml_collections.ConfigDict) -> dict[str, Any]:
             for name, default in bundle.CHOICE_FIELDS_SINCE.items()}
 
 
+def sampling_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.sample`'s token sampling settings (`generation.generate_in_betweens` keywords)."""
+    return {name: config.sample[name] for name in ("method", "temperature", "top_k", "top_p")}
+
+
+def draw_weight_label(draw_weight: float) -> str:
+    """How much of the kept draw a refiner mixes back (`refiner.Refiner.draw_weight`), for
+    progress lines and tables; "" for none."""
+    return f" keeping {draw_weight:g} of the draw" if draw_weight else ""
+
+
 def choice_label(count: int, kept_by: str, drawn: str = "forward") -> str:
     """How a clip was drawn (`direction` `drawn`) and chosen among `count` candidates, for
     progress lines and tables."""
@@ -214,8 +225,7 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
     else:
         truth = heldout_clips(config, num_frames, settings.num_clips)
         firsts, lasts = truth[:, 0], truth[:, -1]
-    sampling = dict(method=settings.method, temperature=settings.temperature,
-                    top_k=settings.top_k, top_p=settings.top_p, **choice(config))
+    sampling = {**sampling_settings(config), **choice(config)}
     start = time.perf_counter()
     clips = generation.generate_frames(
         generator.tokenizer, generator.transformer, generator.params, firsts, lasts, num_frames,
@@ -223,9 +233,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         refiner=generator.refiner, **sampling)
     best = choice_label(sampling["candidates"], sampling["selection"], sampling["direction"])
     if generator.refiner is not None:
-        best += f", refined by the step-{generator.refiner.step} refiner"
-        if generator.refiner.draw_weight:
-            best += f" keeping {generator.refiner.draw_weight:g} of the draw"
+        best += (f", refined by the step-{generator.refiner.step} refiner"
+                 + draw_weight_label(generator.refiner.draw_weight))
     print(f"generated {len(clips)} clip(s) of {num_frames} frames with the step-{generator.step} "
           f"transformer ({settings.method}{best}) in {time.perf_counter() - start:.1f} s "
           "(compilation included).", flush=True)

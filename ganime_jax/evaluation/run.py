@@ -83,9 +83,8 @@ class EvalSettings:
                     direction=self.direction)
 
     def sampling_label(self) -> str:
-        refined = ", refined" if self.refined else ""
-        if self.refined and self.refiner_draw_weight:
-            refined += f" keeping {self.refiner_draw_weight:g} of the draw"
+        refined = (", refined" + sample.draw_weight_label(self.refiner_draw_weight)
+                   if self.refined else "")
         if self.method == "greedy":
             return "greedy" + refined
         knob = f"k={self.top_k}" if self.method == "top_k" else f"p={self.top_p}"
